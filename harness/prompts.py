@@ -1,0 +1,74 @@
+"""Prompt construction shared by every strategy: instruction, demonstrations, context, input → chat messages.
+
+Templates are jinja2 strings from config; the model wrapper turns messages into its own prompt format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import jinja2
+
+from harness.errors import ConfigError
+from harness.task import Example, Task
+
+DEFAULT_SYSTEM = """{{ instruction }}
+{% if labels %}
+Answer with exactly one of these labels and nothing else:
+{% for l in labels %}- {{ l.text }}{% if l.description %}: {{ l.description }}{% endif %}
+{% endfor %}{% endif %}{% if fields %}
+Answer with one JSON object with exactly these keys: {{ fields | join(', ') }}. Use null for a value that is missing.
+{% endif %}"""
+DEFAULT_USER = """{% if context %}{{ context }}
+
+{% endif %}{{ input }}"""
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    system: str = DEFAULT_SYSTEM
+    user: str = DEFAULT_USER
+
+    def __post_init__(self):
+        for name in ("system", "user"):
+            try:
+                _ENV.from_string(getattr(self, name))
+            except jinja2.TemplateSyntaxError as e:
+                raise ConfigError(f"template syntax error: {e.message} (line {e.lineno})",
+                                  field=f"template.{name}") from None
+
+
+def target_text(task: Task, target: Any) -> str:
+    """How a target is written as the assistant's answer (demonstrations, training)."""
+    if task.type == "classification":
+        return task.text_of(target)
+    if task.type == "extraction":
+        return json.dumps(dict(target), ensure_ascii=False)
+    return target if isinstance(target, str) else target[0]
+
+
+def _render(template: str, **variables) -> str:
+    try:
+        return _ENV.from_string(template).render(**variables).strip()
+    except jinja2.UndefinedError as e:
+        raise ConfigError(f"template uses an unknown variable ({e.message})", field="template") from None
+
+
+def build_messages(task: Task, template: PromptTemplate, example: Example, demos: Sequence[Example] = (),
+                   context: str = "") -> list[dict]:
+    """System instruction, then each demonstration as a user/assistant turn, then the input."""
+    labels = [{"name": label, "text": task.text_of(label), "description": task.label_descriptions.get(label, "")}
+              for label in task.labels]
+    common = {"instruction": task.instruction, "labels": labels, "fields": list(task.fields),
+              "task_type": task.type}
+    messages = [{"role": "system", "content": _render(template.system, **common)}]
+    for demo in demos:
+        messages.append({"role": "user", "content": _render(template.user, input=demo.input, context="", **common)})
+        messages.append({"role": "assistant", "content": target_text(task, demo.target)})
+    messages.append({"role": "user", "content": _render(template.user, input=example.input, context=context,
+                                                        **common)})
+    return messages

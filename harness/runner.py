@@ -1,0 +1,185 @@
+"""Sweep one task through the configured strategies, scoring each on the same held-out set; resumable.
+
+Knows the Strategy protocol, not the concrete strategies: each is instantiated from its Hydra `_target_`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from harness import display, provenance, scoring
+from harness.errors import ConfigError, HarnessError
+from harness.results import PredictionLog, read_json, write_json
+from harness.strategy import PrepareContext
+from harness.task import Task, load_task
+
+CODE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _positive_or_none(value: Any, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be a positive whole number or null, got {value!r}", field=field)
+    return value
+
+
+def resolve_task_dir(cfg: DictConfig) -> Path:
+    if cfg.get("task_dir"):
+        path = Path(str(cfg.task_dir)).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"task directory not found: {path}", field="task_dir")
+        return path
+    root = Path(str(cfg.tasks_root)).expanduser()
+    path = root / str(cfg.task)
+    if not (path / "task.yaml").is_file():
+        known = sorted(p.name for p in root.iterdir() if (p / "task.yaml").is_file()) if root.is_dir() else []
+        raise ConfigError(f"unknown task {cfg.task!r} (available in {root}: {', '.join(known) or 'none'})",
+                          field="task")
+    return path
+
+
+def load_configured_task(cfg: DictConfig) -> Task:
+    limit = cfg.get("limit") or {}
+    return load_task(resolve_task_dir(cfg),
+                     limit_train=_positive_or_none(limit.get("train"), "limit.train"),
+                     limit_heldout=_positive_or_none(limit.get("heldout"), "limit.heldout"),
+                     allow_overlap=cfg.get("allow_overlap"))
+
+
+def _instantiate(node: DictConfig, what: str, **kwargs):
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, HarnessError):
+            raise cause from None
+        raise ConfigError(f"cannot build {what}: {str(e).splitlines()[-1].strip()}") from None
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def summarize_usage(records: list[dict]) -> dict:
+    def stats(key: str) -> dict:
+        values = [float(r["usage"].get(key, 0) or 0) for r in records]
+        if not values:
+            return {"total": 0, "mean": None, "p50": None, "p95": None}
+        ordered = sorted(values)
+        return {"total": sum(values), "mean": statistics.fmean(values), "p50": statistics.median(values),
+                "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]}
+    latency = stats("latency_s")
+    return {"n": len(records), "input_tokens": stats("input_tokens"), "output_tokens": stats("output_tokens"),
+            "latency_s": latency, "truncated": sum(1 for r in records if r["usage"].get("truncated")),
+            "examples_per_s": len(records) / latency["total"] if latency["total"] else None}
+
+
+def score_strategy(task: Task, records: dict[str, dict]) -> dict:
+    examples = [ex for ex in task.heldout if ex.id in records]
+    result = scoring.score(task.type, [ex.target for ex in examples], [records[ex.id]["output"] for ex in examples],
+                           labels=task.labels, label_text=task.label_text, fields=task.fields)
+    return {"primary_metric": task.metric, "n": len(examples), "metrics": result["metrics"],
+            "details": result["details"],
+            "per_example": {ex.id: s for ex, s in zip(examples, result["per_example"])}}
+
+
+class Runner:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cache_dir = Path(str(cfg.cache_dir)).expanduser()
+        self.chunk = _positive_or_none(cfg.get("write_every", 16), "write_every") or 16
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        task = load_configured_task(cfg)
+        names = list(cfg.strategies or {})
+        if not names:
+            raise ConfigError("no strategies selected (e.g. strategies=[zero_shot,prompt_only])", field="strategies")
+        seed = cfg.seed
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"must be a whole number, got {seed!r}", field="seed")
+        display.status(f"task {task.name}: {task.type}, train {len(task.train)}, held-out {len(task.heldout)}")
+        display.status(f"loading model {cfg.model.name_or_path}")
+        lm = _instantiate(cfg.model, "the model", cache_dir=str(self.cache_dir), status=display.status)
+        model = lm.describe()
+        # Preflight: every arm is built and checked against what the results folder already holds before any
+        # work is done or anything is written.
+        arms = {}
+        for name in names:
+            strategy = _instantiate(cfg.strategies[name], f"strategy {name!r}", name=name)
+            key = fingerprint(strategy.describe(), model, dict(task.data_hashes), len(task.train), seed)
+            prepare_path = self.run_dir / name / "prepare.json"
+            if prepare_path.exists() and read_json(prepare_path).get("fingerprint") != key:
+                raise ConfigError(f"{prepare_path.parent} holds results of a different configuration of {name!r}; "
+                                  f"use a new results_dir (or delete that folder) to rerun it", field="results_dir")
+            arms[name] = (strategy, key)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "run.json", {
+            **provenance.collect(CODE_DIR), "task": task.name, "task_dir": str(task.directory.resolve()),
+            "data_hashes": dict(task.data_hashes), "seed": seed, "strategies": names,
+            "limits": {"train": len(task.train), "heldout": len(task.heldout)}, "model": model,
+            "config": OmegaConf.to_container(cfg, resolve=True)})
+        if task.overlap:
+            display.status(f"[yellow]warning:[/yellow] {len(task.overlap)} held-out inputs also appear in train "
+                           f"(allowed by allow_overlap)")
+        results: dict[str, dict] = {}
+        with display.progress() as bars:
+            for name, (strategy, key) in arms.items():
+                try:
+                    results[name] = self._run_strategy(name, strategy, key, task, lm, seed, bars)
+                except Exception as e:  # a failing arm is recorded; the other arms still run
+                    user_error = isinstance(e, HarnessError)
+                    message = str(e) if user_error else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    write_json(self.run_dir / name / "error.json",
+                               {"error": message, "traceback": None if user_error else traceback.format_exc()})
+                    display.error(f"strategy {name} failed: {message}")
+                    results[name] = {"error": message}
+        comparison = {"task": task.name, "task_type": task.type, "primary_metric": task.metric,
+                      "heldout_n": len(task.heldout), "run_dir": str(self.run_dir), "model": model,
+                      "strategies": results}
+        write_json(self.run_dir / "comparison.json", comparison)
+        return comparison
+
+    def _run_strategy(self, name: str, strategy, key: str, task: Task, lm, seed: int, bars) -> dict:
+        folder = self.run_dir / name
+        model = lm.describe()
+        prepare_path = folder / "prepare.json"
+        ctx = PrepareContext(task=task, lm=lm, workdir=folder, cache_dir=self.cache_dir, seed=seed,
+                             progress=bars)
+        start = time.perf_counter()
+        report = strategy.prepare(ctx)
+        write_json(prepare_path, {"strategy": name, "target": self.cfg.strategies[name]["_target_"],
+                                  "settings": strategy.describe(), "model": model, "fingerprint": key,
+                                  "prepare_s": time.perf_counter() - start, "report": report})
+        log = PredictionLog(folder / "predictions.jsonl")
+        todo = [ex for ex in task.heldout if ex.id not in log.done()]
+        advance = bars(f"{name}: predict", len(task.heldout))
+        advance(len(task.heldout) - len(todo))
+        for s in range(0, len(todo), self.chunk):
+            batch = todo[s:s + self.chunk]
+            predictions = strategy.predict(batch)
+            if [p.id for p in predictions] != [ex.id for ex in batch]:
+                raise RuntimeError(f"strategy {name} returned predictions out of order or incomplete")
+            log.append(p.to_json() for p in predictions)
+            advance(len(batch))
+        records = [log.records[ex.id] for ex in task.heldout]
+        metrics = score_strategy(task, log.records)
+        usage = summarize_usage(records)
+        write_json(folder / "metrics.json", metrics)
+        write_json(folder / "usage.json", usage)
+        if usage["truncated"]:
+            display.status(f"[yellow]warning:[/yellow] {name}: {usage['truncated']} prompt(s) were longer than the "
+                           f"model's context and were cut in the middle (counted in usage.json)")
+        return {"summary": report.get("summary", ""), "metrics": metrics["metrics"], "n": metrics["n"],
+                "usage": usage, "model": model}

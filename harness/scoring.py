@@ -1,0 +1,196 @@
+"""Scoring, owned by the harness: metrics per task type, kept per example so strategies can be paired.
+
+Pure functions: records in, numbers out. No torch, no strategy imports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = str(text).lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _norm_label(text: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", str(text)).strip().strip(".:;,!\"'`*").strip().casefold()
+
+
+def parse_label(output: str, labels: Sequence[str], label_text: Mapping[str, str] | None = None) -> str | None:
+    """Map a model's output to a label: exact (normalised) match of the label or its text first, then the
+    label whose name appears earliest in the output. None when no label can be read."""
+    label_text = label_text or {}
+    names = {}
+    for label in labels:
+        names[_norm_label(label)] = label
+        names.setdefault(_norm_label(label_text.get(label, label)), label)
+    out = _norm_label(output)
+    if out in names:
+        return names[out]
+    first_line = _norm_label(out.splitlines()[0]) if out else ""
+    if first_line in names:
+        return names[first_line]
+    best, pos = None, None
+    for name, label in sorted(names.items(), key=lambda kv: -len(kv[0])):
+        m = re.search(r"(?<![a-z0-9])" + re.escape(name) + r"(?![a-z0-9])", out)
+        if m and (pos is None or m.start() < pos):
+            best, pos = label, m.start()
+    return best
+
+
+def parse_json_object(output: str) -> dict | None:
+    """Tolerant JSON parsing of a model's output: code fences, prose around the object, trailing commas."""
+    text = str(output).strip()
+    fence = re.search(r"```(?:json)?\s*(.*?)```", text, re.S)
+    if fence:
+        text = fence.group(1).strip()
+    start = text.find("{")
+    while start != -1:
+        depth, in_str, esc = 0, False, False
+        for i in range(start, len(text)):
+            ch = text[i]
+            if in_str:
+                esc = (ch == "\\") and not esc
+                if ch == '"' and not esc:
+                    in_str = False
+                continue
+            if ch == '"':
+                in_str = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    candidate = text[start:i + 1]
+                    for attempt in (candidate, re.sub(r",\s*([}\]])", r"\1", candidate)):
+                        try:
+                            obj = json.loads(attempt)
+                        except json.JSONDecodeError:
+                            continue
+                        if isinstance(obj, dict):
+                            return obj
+                    break
+        start = text.find("{", start + 1)
+    return None
+
+
+def _norm_value(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        value = json.dumps(value, sort_keys=True)
+    text = " ".join(str(value).split()).casefold()
+    return text or None
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not pred and not ref:
+        return 1.0
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _f1(tp: float, fp: float, fn: float) -> float:
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def score_classification(labels: Sequence[str], targets: Sequence[str], outputs: Sequence[str],
+                         label_text: Mapping[str, str] | None = None) -> dict:
+    parsed = [parse_label(o, labels, label_text) for o in outputs]
+    correct = [int(p == t) for p, t in zip(parsed, targets)]
+    n = len(targets)
+    per_label, f1s = {}, []
+    for label in labels:
+        tp = sum(1 for p, t in zip(parsed, targets) if p == label and t == label)
+        fp = sum(1 for p, t in zip(parsed, targets) if p == label and t != label)
+        fn = sum(1 for p, t in zip(parsed, targets) if p != label and t == label)
+        support = tp + fn
+        f1 = _f1(tp, fp, fn)
+        per_label[label] = {"precision": tp / (tp + fp) if tp + fp else 0.0,
+                            "recall": tp / support if support else 0.0, "f1": f1, "support": support}
+        if support or fp:
+            f1s.append(f1)
+    columns = list(labels) + ["(invalid)"]
+    matrix = [[sum(1 for p, t in zip(parsed, targets) if t == gold and (p or "(invalid)") == col)
+               for col in columns] for gold in labels]
+    invalid = sum(1 for p in parsed if p is None)
+    return {
+        "metrics": {"accuracy": sum(correct) / n if n else 0.0,
+                    "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0,
+                    "invalid_rate": invalid / n if n else 0.0},
+        "per_example": [{"correct": c, "parsed": p} for c, p in zip(correct, parsed)],
+        "details": {"per_label": per_label,
+                    "confusion": {"rows": list(labels), "columns": columns, "counts": matrix}},
+    }
+
+
+def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs: Sequence[str]) -> dict:
+    tp = fp = fn = 0
+    field_hits = Counter()
+    per_example = []
+    for gold, out in zip(targets, outputs):
+        obj = parse_json_object(out)
+        pred = obj if obj is not None else {}
+        hits = {}
+        for f in fields:
+            g, p = _norm_value(gold.get(f)), _norm_value(pred.get(f))
+            hits[f] = int(g == p)
+            field_hits[f] += hits[f]
+            if p is not None and p == g:
+                tp += 1
+            else:
+                fp += p is not None
+                fn += g is not None
+        per_example.append({"valid_json": int(obj is not None), "fields": hits,
+                            "record_exact_match": int(all(hits.values())),
+                            "field_accuracy": sum(hits.values()) / len(fields)})
+    n = len(targets)
+    metrics = {
+        "field_f1": _f1(tp, fp, fn),
+        "field_accuracy": sum(e["field_accuracy"] for e in per_example) / n if n else 0.0,
+        "record_exact_match": sum(e["record_exact_match"] for e in per_example) / n if n else 0.0,
+        "valid_json_rate": sum(e["valid_json"] for e in per_example) / n if n else 0.0,
+    }
+    return {"metrics": metrics, "per_example": per_example,
+            "details": {"per_field_exact_match": {f: field_hits[f] / n if n else 0.0 for f in fields},
+                        "micro": {"tp": tp, "fp": fp, "fn": fn}}}
+
+
+def score_generation(targets: Sequence[str | Sequence[str]], outputs: Sequence[str]) -> dict:
+    per_example = []
+    for refs, out in zip(targets, outputs):
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        em = max(int(normalize_answer(out) == normalize_answer(r)) for r in refs)
+        f1 = max(token_f1(out, r) for r in refs)
+        per_example.append({"exact_match": em, "token_f1": f1})
+    n = len(targets)
+    return {"metrics": {k: sum(e[k] for e in per_example) / n if n else 0.0 for k in ("exact_match", "token_f1")},
+            "per_example": per_example, "details": {}}
+
+
+def score(task_type: str, targets: Sequence[Any], outputs: Sequence[str], *, labels: Sequence[str] = (),
+          label_text: Mapping[str, str] | None = None, fields: Sequence[str] = ()) -> dict:
+    """Score aligned targets and raw model outputs for one strategy. Returns metrics, per-example scores
+    (same order as the inputs) and details (confusion matrix, per-label or per-field breakdown)."""
+    if len(targets) != len(outputs):
+        raise ValueError(f"{len(targets)} targets but {len(outputs)} outputs")
+    if task_type == "classification":
+        return score_classification(labels, targets, outputs, label_text)
+    if task_type == "extraction":
+        return score_extraction(fields, targets, outputs)
+    if task_type == "generation":
+        return score_generation(targets, outputs)
+    raise ValueError(f"unknown task type {task_type!r}")

@@ -1,0 +1,305 @@
+"""Load and validate a task definition: task.yaml plus JSONL/CSV splits, into frozen objects.
+
+Every problem in the user's files is raised as a TaskError whose message names file, line and field.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+from harness.errors import TaskError
+
+TASK_TYPES = ("classification", "extraction", "generation")
+SPLITS = ("train", "heldout", "dev", "knowledge", "control")
+REQUIRED_SPLITS = ("train", "heldout")
+DEFAULT_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generation": "token_f1"}
+TASK_KEYS = {"name", "type", "description", "instruction", "labels", "label_text", "fields", "metric",
+             "splits", "columns", "allow_overlap"}
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    input: str
+    target: Any  # str (classification label / reference text) or a read-only mapping (extraction)
+    line: int = 0  # line in the source file, for messages
+    meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def target_json(self) -> Any:
+        return dict(self.target) if isinstance(self.target, Mapping) else self.target
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    type: str
+    instruction: str
+    metric: str
+    directory: Path
+    splits: Mapping[str, tuple[Example, ...]]
+    files: Mapping[str, Path]
+    data_hashes: Mapping[str, str]
+    labels: tuple[str, ...] = ()
+    label_descriptions: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    label_text: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    fields: tuple[str, ...] = ()
+    description: str = ""
+    overlap: tuple[tuple[str, str], ...] = ()  # (heldout id, train id) pairs with identical input
+
+    @property
+    def train(self) -> tuple[Example, ...]:
+        return self.splits["train"]
+
+    @property
+    def heldout(self) -> tuple[Example, ...]:
+        return self.splits["heldout"]
+
+    def split(self, name: str) -> tuple[Example, ...]:
+        return self.splits.get(name, ())
+
+    def text_of(self, label: str) -> str:
+        """The readable text shown to (and scored by) the model for a label."""
+        return self.label_text.get(label, label)
+
+
+def normalize_text(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise TaskError(f"not valid UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8",
+                        file=path, line=line) from None
+
+
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, record) for each non-blank record of a JSONL or CSV file."""
+    text = _read_text(path)
+    rows: list[tuple[int, dict]] = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        start = 2
+        for rec in reader:
+            if any((v or "").strip() for v in rec.values() if isinstance(v, str)):
+                rows.append((start, rec))
+            start = reader.line_num + 1
+        return rows
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"not valid JSON ({e.msg} at column {e.colno})", file=path, line=n) from None
+        if not isinstance(rec, dict):
+            raise TaskError(f"expected a JSON object, got {type(rec).__name__}", file=path, line=n)
+        rows.append((n, rec))
+    return rows
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+class _Spec:
+    """The validated contents of task.yaml."""
+
+    def __init__(self, path: Path, raw: Any, name: str):
+        if not isinstance(raw, dict):
+            raise TaskError("expected a mapping at the top level", file=path, line=1)
+        unknown = sorted(set(raw) - TASK_KEYS)
+        if unknown:
+            raise TaskError(f"unknown key (allowed: {', '.join(sorted(TASK_KEYS))})", file=path,
+                            field=unknown[0])
+        self.path = path
+        self.name = str(raw.get("name") or name)
+        self.type = raw.get("type")
+        if self.type not in TASK_TYPES:
+            raise TaskError(f"must be one of {', '.join(TASK_TYPES)}, got {self.type!r}", file=path, field="type")
+        self.instruction = raw.get("instruction")
+        if not isinstance(self.instruction, str) or not self.instruction.strip():
+            raise TaskError("missing or empty: say what the model must do", file=path, field="instruction")
+        self.description = str(raw.get("description") or "")
+        self.metric = raw.get("metric") or DEFAULT_METRIC[self.type]
+        self.allow_overlap = bool(raw.get("allow_overlap", False))
+        self.labels: tuple[str, ...] = ()
+        self.label_descriptions: dict[str, str] = {}
+        labels = raw.get("labels")
+        if self.type == "classification":
+            if isinstance(labels, dict):
+                self.labels = tuple(str(k) for k in labels)
+                self.label_descriptions = {str(k): str(v) for k, v in labels.items() if v}
+            elif isinstance(labels, list):
+                self.labels = tuple(str(v) for v in labels)
+            if len(self.labels) < 2:
+                raise TaskError("a classification task needs at least two labels (a list, or label: description)",
+                                file=path, field="labels")
+            if len(set(self.labels)) != len(self.labels):
+                raise TaskError("labels are not unique", file=path, field="labels")
+        elif labels:
+            raise TaskError(f"only classification tasks have labels (type is {self.type})", file=path, field="labels")
+        label_text = raw.get("label_text") or {}
+        if not isinstance(label_text, dict) or set(label_text) - set(self.labels):
+            raise TaskError("must map labels of the label set to readable text", file=path, field="label_text")
+        self.label_text = {str(k): str(v) for k, v in label_text.items()}
+        fields = raw.get("fields") or []
+        if self.type == "extraction" and (not isinstance(fields, list) or not fields):
+            raise TaskError("an extraction task needs a list of field names", file=path, field="fields")
+        self.fields = tuple(str(f) for f in fields)
+        splits = raw.get("splits") or {}
+        if not isinstance(splits, dict) or set(splits) - set(SPLITS):
+            raise TaskError(f"must map split names ({', '.join(SPLITS)}) to files", file=path, field="splits")
+        self.splits = dict(splits)
+        columns = raw.get("columns") or {}
+        if not isinstance(columns, dict) or set(columns) - {"id", "input", "target"}:
+            raise TaskError("must map id / input / target to your file's column names", file=path, field="columns")
+        self.columns = {"id": "id", "input": "input", "target": "target", **columns}
+        if self.metric not in _metric_names(self.type):
+            raise TaskError(f"unknown metric {self.metric!r} for {self.type} (choose from "
+                            f"{', '.join(_metric_names(self.type))})", file=path, field="metric")
+
+
+def _metric_names(task_type: str) -> tuple[str, ...]:
+    return {"classification": ("accuracy", "macro_f1"),
+            "extraction": ("field_f1", "field_accuracy", "record_exact_match", "valid_json_rate"),
+            "generation": ("exact_match", "token_f1")}[task_type]
+
+
+def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Example:
+    cols = spec.columns
+    if cols["id"] is None:
+        ex_id = f"{split}-{line}"
+    else:
+        if cols["id"] not in rec or rec[cols["id"]] in (None, ""):
+            raise TaskError("missing (set columns.id in task.yaml, or columns.id: null to number lines)",
+                            file=path, line=line, field=cols["id"])
+        ex_id = str(rec[cols["id"]])
+    if split == "knowledge":
+        text = rec.get(cols["input"], rec.get("text"))
+        if not isinstance(text, str) or not text.strip():
+            raise TaskError("missing or empty document text", file=path, line=line, field=cols["input"])
+        meta = {k: v for k, v in rec.items() if k not in (cols["id"], cols["input"], "text")}
+        return Example(ex_id, text, None, line, _freeze(meta))
+    text = rec.get(cols["input"])
+    if not isinstance(text, str) or not text.strip():
+        raise TaskError("missing or empty input", file=path, line=line, field=cols["input"])
+    if cols["target"] not in rec or rec[cols["target"]] in (None, ""):
+        raise TaskError("missing target", file=path, line=line, field=cols["target"])
+    target = rec[cols["target"]]
+    if spec.type == "classification":
+        target = str(target)
+        if target not in spec.labels:
+            shown = ", ".join(spec.labels[:12]) + (", …" if len(spec.labels) > 12 else "")
+            raise TaskError(f"label {target!r} is not in the task's label set ({shown})",
+                            file=path, line=line, field=cols["target"])
+    elif spec.type == "extraction":
+        if isinstance(target, str):
+            try:
+                target = json.loads(target)
+            except json.JSONDecodeError:
+                target = None
+        if not isinstance(target, dict):
+            raise TaskError("must be a JSON object with the task's fields", file=path, line=line, field=cols["target"])
+        extra = sorted(set(target) - set(spec.fields))
+        if extra:
+            raise TaskError(f"key {extra[0]!r} is not one of the task's fields ({', '.join(spec.fields)})",
+                            file=path, line=line, field=cols["target"])
+        target = MappingProxyType({f: target.get(f) for f in spec.fields})
+    else:
+        if isinstance(target, list):
+            if not all(isinstance(t, str) for t in target):
+                raise TaskError("references must be strings", file=path, line=line, field=cols["target"])
+            target = tuple(target)
+        else:
+            target = str(target)
+    meta = {k: v for k, v in rec.items() if k not in (cols["id"], cols["input"], cols["target"])}
+    return Example(ex_id, text, target, line, _freeze(meta))
+
+
+def _load_split(spec: _Spec, split: str, path: Path, limit: int | None) -> tuple[Example, ...]:
+    rows = _rows(path)
+    if not rows:
+        raise TaskError(f"split '{split}' is empty", file=path)
+    examples, seen = [], {}
+    for line, rec in rows:
+        ex = _example(spec, split, path, line, rec)
+        if ex.id in seen:
+            raise TaskError(f"duplicate id {ex.id!r} (first at line {seen[ex.id]})", file=path, line=line,
+                            field=spec.columns["id"] or "id")
+        seen[ex.id] = line
+        examples.append(ex)
+    return tuple(examples[:limit] if limit else examples)
+
+
+def _find_split_file(directory: Path, split: str, spec: _Spec) -> Path | None:
+    if split in spec.splits:
+        path = directory / spec.splits[split]
+        if not path.is_file():
+            raise TaskError(f"split file not found: {path}", file=spec.path, field=f"splits.{split}")
+        return path
+    for suffix in (".jsonl", ".csv"):
+        if (directory / f"{split}{suffix}").is_file():
+            return directory / f"{split}{suffix}"
+    return None
+
+
+def load_task(directory: str | Path, *, limit_train: int | None = None, limit_heldout: int | None = None,
+              allow_overlap: bool | None = None) -> Task:
+    """Load tasks/<name>/ (task.yaml + splits); raise TaskError naming file, line and field on bad input."""
+    directory = Path(directory)
+    path = directory / "task.yaml"
+    if not path.is_file():
+        raise TaskError(f"no task.yaml in task directory {directory}")
+    try:
+        raw = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise TaskError(f"not valid YAML ({getattr(e, 'problem', e)})", file=path,
+                        line=mark.line + 1 if mark else None) from None
+    spec = _Spec(path, raw, directory.name)
+    limits = {"train": limit_train, "heldout": limit_heldout}
+    splits, files, hashes = {}, {}, {}
+    for split in SPLITS:
+        file = _find_split_file(directory, split, spec)
+        if file is None:
+            if split in REQUIRED_SPLITS:
+                raise TaskError(f"required split '{split}' not found (expected {split}.jsonl or {split}.csv, "
+                                f"or splits.{split} in task.yaml)", file=path)
+            continue
+        splits[split] = _load_split(spec, split, file, limits.get(split))
+        files[split] = file
+        hashes[split] = hashlib.sha256(file.read_bytes()).hexdigest()
+    train_inputs = {normalize_text(ex.input): ex for ex in splits["train"]}
+    overlap = tuple((ex.id, train_inputs[normalize_text(ex.input)].id) for ex in splits["heldout"]
+                    if normalize_text(ex.input) in train_inputs)
+    allowed = spec.allow_overlap if allow_overlap is None else allow_overlap
+    if overlap and not allowed:
+        first = next(ex for ex in splits["heldout"] if ex.id == overlap[0][0])
+        raise TaskError(f"{len(overlap)} held-out example(s) have the same input as a train example (first: id "
+                        f"{overlap[0][0]!r} = train id {overlap[0][1]!r}); remove them, or set allow_overlap: true "
+                        f"in task.yaml (or allow_overlap=true) to accept the leak",
+                        file=files["heldout"], line=first.line, field=spec.columns["input"])
+    return Task(name=spec.name, type=spec.type, instruction=spec.instruction.strip(), metric=spec.metric,
+                directory=directory, splits=MappingProxyType(splits), files=MappingProxyType(files),
+                data_hashes=MappingProxyType(hashes), labels=spec.labels,
+                label_descriptions=MappingProxyType(spec.label_descriptions),
+                label_text=MappingProxyType(spec.label_text), fields=spec.fields,
+                description=spec.description, overlap=overlap)

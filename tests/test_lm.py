@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from harness.lm_hf import TransformersLM
+from harness.prompts import PromptTemplate, build_messages
+from harness.task import load_task
+from tests.conftest import ROOT
+
+LABELS = ["positive", "negative", "not sure at all", "mixed feelings here"]  # single- and multi-token
+
+
+def naive_scores(lm, prompt, choices):
+    """Reference: one full forward pass per (prompt, choice) pair."""
+    out = []
+    p_ids = lm.encode(prompt)[0]
+    for c in choices:
+        c_ids = lm.tokenizer(lm.separator + c, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([p_ids + c_ids])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        out.append(sum(logp[len(p_ids) - 1 + j, t].item() for j, t in enumerate(c_ids)))
+    return out
+
+
+def prompts_for(lm, n, demos=2):
+    task = load_task(ROOT / "tasks" / "tiny")
+    return [lm.render(build_messages(task, PromptTemplate(), ex, task.train[:demos])) for ex in task.heldout[:n]]
+
+
+@pytest.mark.parametrize("budget_mb", [768, 0])  # 0 forces one label per KV chunk
+def test_shared_prefix_scoring_equals_naive_scoring(tiny_model, budget_mb):
+    lm = TransformersLM(str(tiny_model), batch_size=3, kv_budget_mb=budget_mb)
+    prompts = prompts_for(lm, 7)
+    assert lm._shared_prefix([lm.encode(p)[0] for p in prompts]) > 0  # the demos form a shared prefix
+    fast = lm.score_choices(prompts, LABELS)
+    for prompt, scored in zip(prompts, fast):
+        assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)
+        assert scored.input_tokens == lm.count_tokens(prompt)
+
+
+def test_plain_prompt_format_without_chat_template(tiny_plain_model):
+    lm = TransformersLM(str(tiny_plain_model), batch_size=2)
+    assert not lm.use_chat and lm.separator == " "
+    prompts = prompts_for(lm, 3)
+    assert prompts[0].rstrip().endswith("Answer:")
+    for prompt, scored in zip(prompts, lm.score_choices(prompts, LABELS)):
+        assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)
+
+
+def test_batched_generation_matches_one_by_one(tiny_model):
+    lm = TransformersLM(str(tiny_model), batch_size=4)
+    prompts = prompts_for(lm, 4, demos=0)
+    batched = lm.generate(prompts, max_new_tokens=6)
+    single = [lm.generate([p], max_new_tokens=6)[0] for p in prompts]
+    assert [g.text for g in batched] == [g.text for g in single]
+    assert all(g.output_tokens <= 6 and g.input_tokens == lm.count_tokens(p) for g, p in zip(batched, prompts))
+
+
+def test_too_long_input_is_truncated_and_counted(tiny_model):
+    lm = TransformersLM(str(tiny_model), max_length=160)
+    long_prompt = lm.render([{"role": "system", "content": "Classify."},
+                             {"role": "user", "content": "very bad product " * 200}])
+    scored = lm.score_choices([long_prompt, prompts_for(lm, 1, demos=0)[0]], LABELS)
+    assert scored[0].truncated and scored[0].input_tokens <= 160 - 3
+    assert not scored[1].truncated
+    gen = lm.generate([long_prompt], max_new_tokens=4)[0]
+    assert gen.truncated and gen.input_tokens + 4 <= 160
