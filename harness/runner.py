@@ -89,7 +89,12 @@ def score_strategy(task: Task, records: dict[str, dict]) -> dict:
     examples = [ex for ex in task.heldout if ex.id in records]
     result = scoring.score(task.type, [ex.target for ex in examples], [records[ex.id]["output"] for ex in examples],
                            labels=task.labels, label_text=task.label_text, fields=task.fields)
-    return {"primary_metric": task.metric, "n": len(examples), "metrics": result["metrics"],
+    metrics = dict(result["metrics"])
+    gold = [(ex, records[ex.id]["retrieved"]) for ex in examples if ex.meta.get("doc_ids") and records[ex.id].get("retrieved")]
+    if gold and all("doc_id" in hit for _, hits in gold for hit in hits):
+        metrics.update(scoring.retrieval_metrics([list(ex.meta["doc_ids"]) for ex, _ in gold],
+                                                 [[hit["doc_id"] for hit in hits] for _, hits in gold]))
+    return {"primary_metric": task.metric, "n": len(examples), "metrics": metrics,
             "details": result["details"],
             "per_example": {ex.id: s for ex, s in zip(examples, result["per_example"])}}
 

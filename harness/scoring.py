@@ -181,6 +181,25 @@ def score_generation(targets: Sequence[str | Sequence[str]], outputs: Sequence[s
             "per_example": per_example, "details": {}}
 
 
+def retrieval_metrics(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[str]], ks: Sequence[int] = (1, 5)) -> dict:
+    """recall@k (share of each example's gold documents in its top k, averaged) and MRR over ranked document ids
+    (repeated ids, e.g. several chunks of one document, count at their first rank)."""
+    recalls = {k: [] for k in ks}
+    reciprocal = []
+    for gold_ids, ranking in zip(gold, ranked):
+        docs = list(dict.fromkeys(ranking))
+        gold_set = set(gold_ids)
+        for k in ks:
+            recalls[k].append(len(gold_set & set(docs[:k])) / len(gold_set))
+        rank = next((i for i, d in enumerate(docs, start=1) if d in gold_set), None)
+        reciprocal.append(1 / rank if rank else 0.0)
+    n = len(reciprocal)
+    metrics = {f"recall@{k}": sum(v) / n for k, v in recalls.items()} if n else {}
+    if n:
+        metrics["mrr"] = sum(reciprocal) / n
+    return metrics
+
+
 def score(task_type: str, targets: Sequence[Any], outputs: Sequence[str], *, labels: Sequence[str] = (),
           label_text: Mapping[str, str] | None = None, fields: Sequence[str] = ()) -> dict:
     """Score aligned targets and raw model outputs for one strategy. Returns metrics, per-example scores

@@ -1,0 +1,71 @@
+"""Prompts → predictions through the arm's model, shared by every strategy: label scoring (with an optional
+calibration prior) for classification, generation otherwise. Strategies build prompts; this turns them into
+Prediction records the same way for all of them."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from harness.errors import ConfigError
+from harness.lm import GENERATE, SCORE
+from harness.strategy import Prediction
+from harness.task import Example, Task
+
+CONTENT_FREE = ("N/A", "[MASK]", "")  # content-free inputs for contextual calibration (Zhao et al. 2021)
+DECODE_MODES = ("auto", "score", "generate")
+
+
+def log_softmax(values: Sequence[float]) -> list[float]:
+    top = max(values)
+    z = top + math.log(sum(math.exp(v - top) for v in values))
+    return [v - z for v in values]
+
+
+def uses_scoring(task: Task, decode: str) -> bool:
+    return task.type == "classification" and decode != "generate"
+
+
+def check_decode(task: Task, lm, decode: str, arm: str) -> None:
+    """Refuse, before any work, a decode mode the task or the arm's backend cannot do."""
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"must be one of {', '.join(DECODE_MODES)}, got {decode!r}", field=f"strategies.{arm}.decode")
+    if decode == "score" and task.type != "classification":
+        raise ConfigError(f"label scoring needs a classification task ({task.name} is {task.type})",
+                          field=f"strategies.{arm}.decode")
+    need = SCORE if uses_scoring(task, decode) else GENERATE
+    if need not in lm.capabilities:
+        raise ConfigError(f"arm {arm!r} needs '{need}' but its model backend cannot do it",
+                          field=f"strategies.{arm}.decode")
+
+
+def label_prior(task: Task, lm, prompts: Sequence[str]) -> list[float]:
+    """log of each label's mean probability over content-free prompts (the calibration prior)."""
+    labels = [task.text_of(label) for label in task.labels]
+    probs = [[math.exp(v) for v in log_softmax(s.logprobs)] for s in lm.score_choices(prompts, labels)]
+    return [math.log(sum(col) / len(col)) for col in zip(*probs)]
+
+
+def predict(task: Task, lm, examples: Sequence[Example], prompts: Sequence[str], *, decode: str = "auto",
+            max_new_tokens: int = 128, prior: Sequence[float] | None = None,
+            retrieved: Sequence[list[dict]] | None = None, extra_usage: Sequence[dict] | None = None) -> list[Prediction]:
+    retrieved = retrieved or [None] * len(examples)
+    extra_usage = extra_usage or [{}] * len(examples)
+    if not uses_scoring(task, decode):
+        gens = lm.generate(prompts, max_new_tokens)
+        return [Prediction(ex.id, g.text, p, {"input_tokens": g.input_tokens, "output_tokens": g.output_tokens,
+                                              "latency_s": g.latency_s, "truncated": g.truncated, **u}, retrieved=r)
+                for ex, p, g, r, u in zip(examples, prompts, gens, retrieved, extra_usage)]
+    labels = list(task.labels)
+    scored = lm.score_choices(prompts, [task.text_of(label) for label in labels])
+    preds = []
+    for ex, prompt, s, r, u in zip(examples, prompts, scored, retrieved, extra_usage):
+        values = log_softmax(s.logprobs)
+        if prior is not None:
+            values = [v - p for v, p in zip(values, prior)]
+        best = max(range(len(labels)), key=values.__getitem__)
+        preds.append(Prediction(ex.id, labels[best], prompt,
+                                {"input_tokens": s.input_tokens, "output_tokens": 0, "scored_tokens": s.choice_tokens,
+                                 "latency_s": s.latency_s, "truncated": s.truncated, **u},
+                                scores={label: round(v, 5) for label, v in zip(labels, values)}, retrieved=r))
+    return preds

@@ -1,0 +1,138 @@
+"""Retrieval-augmented arm. Two modes:
+
+- knowledge: the task's knowledge split (chunked by tokens) is indexed; the top-k passages go into the prompt with
+  their ids, packed whole inside a token budget (a passage that does not fit is dropped and counted, never cut);
+- demonstrations: the train inputs are indexed; the k nearest train examples to each input become its few-shot
+  demonstrations, most similar last.
+
+`RetrievalPrompts` is the prompt builder that the combined (LoRA + retrieval) arm reuses.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from harness import inference
+from harness.display import status
+from harness.errors import ConfigError
+from harness.prompts import PromptTemplate, build_messages
+from harness.retriever import Passage, Retriever
+from harness.strategy import PrepareContext, Prediction
+from harness.task import Example
+
+MODES = ("auto", "knowledge", "demonstrations")
+CONTEXT_HEADER = "Reference passages (cite nothing else):"
+
+
+def pack_passages(passages: Sequence[tuple[str, str, float]], count_tokens, budget: int) -> tuple[list, int]:
+    """Keep whole passages (id, text, score) in rank order while they fit the token budget; count the rest."""
+    kept, used, dropped = [], 0, 0
+    for pid, text, score in passages:
+        cost = count_tokens(f"[{pid}] {text}\n\n")
+        if used + cost <= budget:
+            kept.append((pid, text, score))
+            used += cost
+        else:
+            dropped += 1
+    return kept, dropped
+
+
+class RetrievalPrompts:
+    """Builds retrieval-augmented prompts for a task: knowledge passages or nearest-neighbour demonstrations."""
+
+    def __init__(self, retriever: Retriever, mode: str, k: int, budget_tokens: int, template: PromptTemplate,
+                 arm: str):
+        if mode not in MODES:
+            raise ConfigError(f"must be one of {', '.join(MODES)}, got {mode!r}", field=f"strategies.{arm}.mode")
+        if k < 1:
+            raise ConfigError(f"must be ≥ 1, got {k}", field=f"strategies.{arm}.k")
+        self.retriever, self.mode, self.k, self.budget, self.template, self.arm = retriever, mode, k, budget_tokens, \
+            template, arm
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "k": self.k, "budget_tokens": self.budget, "retriever": self.retriever.describe(),
+                "template": {"system": self.template.system, "user": self.template.user}}
+
+    def prepare(self, ctx: PrepareContext) -> dict:
+        task = self.task = ctx.task
+        self.lm = ctx.lm
+        if self.mode == "auto":
+            self.mode = "knowledge" if task.split("knowledge") else "demonstrations"
+        if self.mode == "knowledge":
+            if not task.split("knowledge"):
+                raise ConfigError(f"task {task.name!r} has no knowledge split, which mode 'knowledge' needs "
+                                  f"(add knowledge.jsonl, or use mode: demonstrations)", field=f"strategies.{self.arm}.mode")
+            docs = [(d.id, (str(d.meta["title"]) + "\n" if d.meta.get("title") else "") + d.input)
+                    for d in task.split("knowledge")]
+            passages, split = self.retriever.chunk(docs)
+        else:
+            self.by_id = {ex.id: ex for ex in task.train}
+            passages, split = [Passage(ex.id, ex.id, ex.input) for ex in task.train], 0  # demonstrations stay whole
+        start = time.perf_counter()
+        self.corpus = self.retriever.build(passages, ctx.cache_dir, ctx.progress)
+        if self.k > len(passages):
+            status(f"[yellow]warning:[/yellow] {self.arm}: k={self.k} is larger than the corpus "
+                   f"({len(passages)} passages); using k={len(passages)}")
+        return {"mode": self.mode, "passages": len(passages), "documents_chunked": split,
+                "k_used": min(self.k, len(passages)), "index": {**self.corpus.built,
+                                                                 "seconds": time.perf_counter() - start}}
+
+    def build(self, examples: Sequence[Example]) -> tuple[list[str], list[list[dict]], list[dict]]:
+        """Prompts, retrieved records and usage additions (retrieval time, dropped passages) per example."""
+        start = time.perf_counter()
+        hits = self.retriever.search(self.corpus, [ex.input for ex in examples], self.k)
+        share = (time.perf_counter() - start) / max(1, len(examples))
+        prompts, retrieved, usage = [], [], []
+        for ex, found in zip(examples, hits):
+            if self.mode == "knowledge":
+                kept, dropped = pack_passages([(p.id, p.text, s) for p, s in found], self.lm.count_tokens, self.budget)
+                context = CONTEXT_HEADER + "\n\n" + "\n\n".join(f"[{pid}] {text}" for pid, text, _ in kept)
+                messages = build_messages(self.task, self.template, ex, context=context)
+                packed = {pid for pid, _, _ in kept}
+                retrieved.append([{"id": p.id, "doc_id": p.doc_id, "score": round(s, 5), "packed": p.id in packed}
+                                  for p, s in found])
+                usage.append({"retrieval_s": share, "passages_dropped": dropped})
+            else:
+                demos = [self.by_id[p.doc_id] for p, _ in reversed(found)]  # most similar closest to the input
+                messages = build_messages(self.task, self.template, ex, demos)
+                retrieved.append([{"id": p.id, "doc_id": p.doc_id, "score": round(s, 5), "packed": True}
+                                  for p, s in found])
+                usage.append({"retrieval_s": share})
+            prompts.append(self.lm.render(messages))
+        return prompts, retrieved, usage
+
+
+class Retrieval:
+    """Retrieval-augmented prompting of the arm's model."""
+
+    def __init__(self, retriever: Retriever, mode: str = "auto", k: int = 5, budget_tokens: int = 1024,
+                 decode: str = "auto", max_new_tokens: int = 64, template: dict | None = None,
+                 name: str = "retrieval"):
+        self.name, self.decode, self.max_new_tokens = name, decode, int(max_new_tokens)
+        self.prompts = RetrievalPrompts(retriever, mode, int(k), int(budget_tokens), PromptTemplate(**(template or {})),
+                                        name)
+
+    def describe(self) -> dict:
+        return {"kind": "retrieval", **self.prompts.describe(), "decode": self.decode,
+                "max_new_tokens": self.max_new_tokens}
+
+    def prepare(self, ctx: PrepareContext) -> dict:
+        self.task, self.lm = ctx.task, ctx.lm
+        inference.check_decode(self.task, self.lm, self.decode, self.name)
+        report = self.prompts.prepare(ctx)
+        what = "passages" if self.prompts.mode == "knowledge" else "nearest demonstrations"
+        report["summary"] = f"top-{report['k_used']} {what}" + (
+            f" ≤ {self.prompts.budget} tokens" if self.prompts.mode == "knowledge" else "")
+        return report
+
+    def predict(self, examples: Sequence[Example]) -> list[Prediction]:
+        start = time.perf_counter()
+        prompts, retrieved, usage = self.prompts.build(examples)
+        build_s = (time.perf_counter() - start) / max(1, len(examples))
+        preds = inference.predict(self.task, self.lm, examples, prompts, decode=self.decode,
+                                  max_new_tokens=self.max_new_tokens, retrieved=retrieved, extra_usage=usage)
+        for p in preds:  # end-to-end latency includes retrieval and prompt packing
+            p.usage["latency_s"] += build_s
+        return preds
+
