@@ -6,6 +6,7 @@ all prompts share (instruction and demonstrations) is computed once for the whol
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Sequence
@@ -62,6 +63,7 @@ class TransformersLM:
             raise ConfigError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0]}",
                               field="model.name_or_path") from None
         self.model.to(self.device).eval()
+        self.adapter: str | None = None
         tok = self.tokenizer
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
@@ -111,10 +113,33 @@ class TransformersLM:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=not self.use_chat).input_ids)
 
+    # ---- adapters -----------------------------------------------------------------------------------------
+    def with_model(self, model, adapter: str | None = None) -> "TransformersLM":
+        """The same wrapper (tokenizer, prompt format, settings) around another model, e.g. one with an adapter."""
+        view = copy.copy(self)
+        view.model, view.adapter = model, adapter
+        return view
+
+    def train_adapter(self, train_pairs, dev_pairs, config: dict, out_dir: Path, seed: int, progress=None,
+                      dev_metric=None) -> dict:
+        """Train a LoRA adapter on (prompt, target) pairs (harness.lora_train); see TrainConfig for settings."""
+        from harness.lora_train import TrainConfig, train_lora
+
+        return train_lora(self, train_pairs, dev_pairs, TrainConfig(**config), Path(out_dir), seed, progress,
+                          (lambda model: dev_metric(self.with_model(model))) if dev_metric else None)
+
+    def with_adapter(self, path: str | Path, merge: bool = True) -> "TransformersLM":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(copy.deepcopy(self.model), str(path))
+        if merge:  # folded into the weights: inference costs the same as the base model
+            model = model.merge_and_unload()
+        return self.with_model(model.eval(), adapter=str(path))
+
     def describe(self) -> dict:
         return {"backend": "transformers", "name_or_path": self.name_or_path, "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""), "chat_template": self.use_chat,
-                "max_length": self.max_length,
+                "max_length": self.max_length, "adapter": self.adapter,
                 "parameters": sum(p.numel() for p in self.model.parameters())}
 
     # ---- forward helpers ----------------------------------------------------------------------------------

@@ -21,6 +21,11 @@ Answer with exactly one of these labels and nothing else:
 {% endfor %}{% endif %}{% if fields %}
 Answer with one JSON object with exactly these keys: {{ fields | join(', ') }}. Use null for a value that is missing.
 {% endif %}"""
+# For fine-tuned arms: the adapter learns what the labels mean from the data, so the prompt names them without
+# descriptions — shorter prompts make training and every later request cheaper.
+COMPACT_SYSTEM = """{{ instruction }}{% if labels %}
+Answer with one of: {{ labels | map(attribute='text') | join(', ') }}.{% endif %}{% if fields %}
+Answer with a JSON object with keys: {{ fields | join(', ') }}.{% endif %}"""
 DEFAULT_USER = """{% if context %}{{ context }}
 
 {% endif %}{{ input }}"""
@@ -40,6 +45,22 @@ class PromptTemplate:
             except jinja2.TemplateSyntaxError as e:
                 raise ConfigError(f"template syntax error: {e.message} (line {e.lineno})",
                                   field=f"template.{name}") from None
+
+
+def template_from_config(value) -> PromptTemplate:
+    """null → the default template; "compact" → the short one; a mapping → {system: …, user: …} jinja2 strings."""
+    if value is None or value == "default":
+        return PromptTemplate()
+    if value == "compact":
+        return PromptTemplate(system=COMPACT_SYSTEM)
+    if isinstance(value, str):
+        raise ConfigError(f"unknown template {value!r} (null, default, compact, or {{system: …, user: …}})",
+                          field="template")
+    try:
+        return PromptTemplate(**dict(value))
+    except TypeError:
+        raise ConfigError(f"a template has the keys system and user, got {sorted(dict(value))}",
+                          field="template") from None
 
 
 def target_text(task: Task, target: Any) -> str:

@@ -113,6 +113,11 @@ class Retriever:
         return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
 
     # ---- chunking -----------------------------------------------------------------------------------------
+    @staticmethod
+    def whole(docs: Sequence[tuple[str, str]]) -> list[Passage]:
+        """One passage per document, never split (demonstrations are used whole)."""
+        return [Passage(doc_id, doc_id, text) for doc_id, text in docs]
+
     def chunk(self, docs: Sequence[tuple[str, str]]) -> tuple[list[Passage], int]:
         """Split documents longer than chunk_tokens (embedder tokens) into overlapping windows; returns the
         passages and how many documents were split."""

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness import inference
 from harness.errors import ConfigError
-from harness.prompts import PromptTemplate, build_messages
+from harness.prompts import PromptTemplate, build_messages, template_from_config
 from harness.strategy import PrepareContext, Prediction
 from harness.task import Example, Task
 
@@ -49,7 +49,7 @@ class PromptOnly:
             raise ConfigError(f"must be ≥ 0, got {shots}", field=f"strategies.{name}.shots")
         self.shots, self.calibrate, self.decode = int(shots), bool(calibrate), decode
         self.max_new_tokens, self.seed, self.name = int(max_new_tokens), seed, name
-        self.template = PromptTemplate(**(template or {}))
+        self.template = template_from_config(template)
         self.demos: list[Example] = []
         self.prior: list[float] | None = None
 

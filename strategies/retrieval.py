@@ -11,15 +11,17 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from harness import inference
 from harness.display import status
 from harness.errors import ConfigError
-from harness.prompts import PromptTemplate, build_messages
-from harness.retriever import Passage, Retriever
+from harness.prompts import PromptTemplate, build_messages, template_from_config
 from harness.strategy import PrepareContext, Prediction
 from harness.task import Example
+
+if TYPE_CHECKING:  # the retriever is built by Hydra from the arm's config and handed in
+    from harness.retriever import Retriever
 
 MODES = ("auto", "knowledge", "demonstrations")
 CONTEXT_HEADER = "Reference passages (cite nothing else):"
@@ -68,7 +70,7 @@ class RetrievalPrompts:
             passages, split = self.retriever.chunk(docs)
         else:
             self.by_id = {ex.id: ex for ex in task.train}
-            passages, split = [Passage(ex.id, ex.id, ex.input) for ex in task.train], 0  # demonstrations stay whole
+            passages, split = self.retriever.whole([(ex.id, ex.input) for ex in task.train]), 0  # never chunked
         start = time.perf_counter()
         self.corpus = self.retriever.build(passages, ctx.cache_dir, ctx.progress)
         if self.k > len(passages):
@@ -78,10 +80,14 @@ class RetrievalPrompts:
                 "k_used": min(self.k, len(passages)), "index": {**self.corpus.built,
                                                                  "seconds": time.perf_counter() - start}}
 
-    def build(self, examples: Sequence[Example]) -> tuple[list[str], list[list[dict]], list[dict]]:
-        """Prompts, retrieved records and usage additions (retrieval time, dropped passages) per example."""
+    def build(self, examples: Sequence[Example], exclude_self: bool = False) -> tuple[list[str], list[list[dict]], list[dict]]:
+        """Prompts, retrieved records and usage additions (retrieval time, dropped passages) per example.
+        exclude_self: for prompts of train examples (fine-tuning), an example is never its own demonstration."""
         start = time.perf_counter()
-        hits = self.retriever.search(self.corpus, [ex.input for ex in examples], self.k)
+        leave_out = exclude_self and self.mode == "demonstrations"
+        hits = self.retriever.search(self.corpus, [ex.input for ex in examples], self.k + leave_out)
+        if leave_out:
+            hits = [[h for h in found if h[0].doc_id != ex.id][: self.k] for ex, found in zip(examples, hits)]
         share = (time.perf_counter() - start) / max(1, len(examples))
         prompts, retrieved, usage = [], [], []
         for ex, found in zip(examples, hits):
@@ -110,7 +116,7 @@ class Retrieval:
                  decode: str = "auto", max_new_tokens: int = 64, template: dict | None = None,
                  name: str = "retrieval"):
         self.name, self.decode, self.max_new_tokens = name, decode, int(max_new_tokens)
-        self.prompts = RetrievalPrompts(retriever, mode, int(k), int(budget_tokens), PromptTemplate(**(template or {})),
+        self.prompts = RetrievalPrompts(retriever, mode, int(k), int(budget_tokens), template_from_config(template),
                                         name)
 
     def describe(self) -> dict:

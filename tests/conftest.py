@@ -42,7 +42,8 @@ def build_tiny_model(folder: Path, chat: bool = True, seed: int = 0) -> Path:
     config = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-                         bos_token_id=fast.bos_token_id, tie_word_embeddings=True)
+                         bos_token_id=fast.bos_token_id, tie_word_embeddings=True,
+                         initializer_range=0.5)  # logits wide enough that a LoRA adapter can move them
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = fast.eos_token_id
     model.save_pretrained(folder)

@@ -1,0 +1,241 @@
+"""LoRA training for the transformers backend (part of the lm layer: strategies ask the model wrapper to train).
+
+peft adapters, torch's AdamW with transformers' linear warm-up schedule, accelerate for device placement and bf16
+autocast. The CPU levers measured on this machine class: length-grouped batches (little padding), the LM head and
+the loss computed only at target positions (left padding puts every target at the end of its row), and bf16
+autocast where the CPU has native bf16. Loss is on the target tokens only; the prompt is exactly the inference
+prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model
+from transformers import get_linear_schedule_with_warmup
+
+from harness.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = 2e-4
+    epochs: int = 3
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.0
+    patience: int = 1            # epochs without dev improvement before stopping
+    dtype: str = "auto"          # auto: bf16 autocast on CUDA or a CPU with native bf16, else fp32
+    group_by_length: bool = True
+    target_only_logits: bool = True
+    qlora: bool = False          # 4-bit base (bitsandbytes), CUDA only
+
+    def __post_init__(self):
+        for name in ("rank", "alpha", "epochs", "batch_size", "grad_accum", "max_length"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"must be ≥ 1, got {getattr(self, name)}", field=name)
+        if not 0 < self.learning_rate < 1:
+            raise ConfigError(f"must be in (0, 1), got {self.learning_rate}", field="learning_rate")
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN or exploded; the partial adapter is never used."""
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(choice: str, device: torch.device) -> str:
+    """'bf16' or 'no' (accelerate's mixed_precision) from the config and the hardware."""
+    if choice in ("bf16", "bfloat16"):
+        return "bf16"
+    if choice in ("fp32", "float32", "no"):
+        return "no"
+    if choice != "auto":
+        raise ConfigError(f"must be auto, bf16 or fp32, got {choice!r}", field="dtype")
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_native_bf16() else "no"
+
+
+@dataclass
+class Encoded:
+    ids: list[int]
+    target_len: int  # the last target_len tokens are the target (loss), the rest the prompt
+
+
+def encode_pairs(lm, pairs: Sequence[tuple[str, str]], max_length: int) -> tuple[list[Encoded], int]:
+    """Prompt + target (+ end of turn) token ids; prompts longer than max_length are cut in the middle."""
+    out, truncated = [], 0
+    eos = lm.tokenizer.eos_token_id
+    for prompt, target in pairs:
+        t = lm.tokenizer(lm.separator + target, add_special_tokens=False).input_ids + ([eos] if eos is not None else [])
+        t = t[: max_length // 2]
+        p = lm.tokenizer(prompt, add_special_tokens=not lm.use_chat).input_ids
+        budget = max_length - len(t)
+        if len(p) > budget:
+            truncated += 1
+            p = p[: budget // 2] + p[len(p) - (budget - budget // 2):]
+        out.append(Encoded(p + t, len(t)))
+    return out, truncated
+
+
+def batches(data: Sequence[Encoded], size: int, rng: random.Random, group_by_length: bool) -> list[list[int]]:
+    order = list(range(len(data)))
+    rng.shuffle(order)
+    if group_by_length:  # sort within mega-batches so a batch holds similar lengths, then shuffle the batches
+        mega = size * 32
+        order = [i for s in range(0, len(order), mega)
+                 for i in sorted(order[s:s + mega], key=lambda i: len(data[i].ids))]
+    out = [order[s:s + size] for s in range(0, len(order), size)]
+    rng.shuffle(out)
+    return out
+
+
+def collate(data: Sequence[Encoded], pad: int, device) -> dict:
+    width = max(len(e.ids) for e in data)
+    ids = torch.tensor([[pad] * (width - len(e.ids)) + e.ids for e in data], device=device)
+    mask = torch.tensor([[0] * (width - len(e.ids)) + [1] * len(e.ids) for e in data], device=device)
+    labels = torch.full_like(ids, -100)
+    for row, e in enumerate(data):
+        labels[row, width - e.target_len:] = ids[row, width - e.target_len:]
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": position, "labels": labels,
+            "keep": max(e.target_len for e in data) + 1, "tokens": int(mask.sum())}
+
+
+def target_loss(model, batch: dict, target_only: bool) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy over target tokens, and their count. With target_only the LM head runs only on the
+    last `keep` positions (every target sits at the end of its left-padded row)."""
+    keep = batch["keep"] if target_only else 0
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=keep).logits
+    labels = batch["labels"][:, -logits.shape[1]:]
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    n = int((shift_labels != -100).sum())
+    loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    return loss, n
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[tuple[str, str]], cfg: TrainConfig,
+               out_dir: Path, seed: int, progress: Callable[[str, int], Callable[[int], None]] | None = None,
+               dev_metric: Callable[[torch.nn.Module], float] | None = None) -> dict:
+    """Train a LoRA adapter on (prompt, target) pairs, keep the epoch with the best dev loss (or dev metric), stop
+    early, save the adapter (safetensors + peft config) to out_dir. Returns the training report."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    device = lm.device
+    precision = autocast_dtype(cfg.dtype, device)
+    if cfg.qlora and device.type != "cuda":
+        raise ConfigError("QLoRA (4-bit base) needs a CUDA GPU; set qlora: false on CPU", field="qlora")
+    base = copy.deepcopy(lm.model).float() if device.type == "cpu" else copy.deepcopy(lm.model)
+    base.config.use_cache = False
+    peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(base, peft_cfg)
+    except ValueError as e:
+        raise ConfigError(f"{e}", field="target_modules") from None
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    train, truncated = encode_pairs(lm, train_pairs, cfg.max_length)
+    dev, _ = encode_pairs(lm, dev_pairs, cfg.max_length)
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu",
+                              gradient_accumulation_steps=cfg.grad_accum)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_updates = math.ceil(steps_per_epoch / cfg.grad_accum) * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_updates), total_updates)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    pad = lm.tokenizer.pad_token_id
+
+    def evaluate() -> float:
+        model.eval()
+        loss_sum, count = 0.0, 0
+        with torch.no_grad(), accelerator.autocast():
+            for idx in batches(dev, cfg.batch_size, random.Random(0), True):
+                loss, n = target_loss(model, collate([dev[i] for i in idx], pad, accelerator.device), True)
+                loss_sum, count = loss_sum + float(loss), count + n
+        model.train()
+        return loss_sum / max(1, count)
+
+    history, best, best_state, bad_epochs, tokens_seen = [], None, None, 0, 0
+    start = time.perf_counter()
+    advance = progress("lora: train", steps_per_epoch * cfg.epochs) if progress else None
+    model.train()
+    for epoch in range(1, cfg.epochs + 1):
+        loss_sum, count = 0.0, 0
+        for idx in batches(train, cfg.batch_size, rng, cfg.group_by_length):
+            batch = collate([train[i] for i in idx], pad, accelerator.device)
+            with accelerator.accumulate(model), accelerator.autocast():
+                loss, n = target_loss(model, batch, cfg.target_only_logits)
+                if not torch.isfinite(loss) or (count and float(loss) / max(1, n) > 50):
+                    raise TrainingDiverged(f"training loss became {float(loss) / max(1, n):.3g} in epoch {epoch}; "
+                                           f"lower learning_rate (now {cfg.learning_rate})")
+                accelerator.backward(loss / max(1, n))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            loss_sum, count, tokens_seen = loss_sum + float(loss), count + n, tokens_seen + batch["tokens"]
+            if advance:
+                advance(1)
+        dev_loss = evaluate()
+        record = {"epoch": epoch, "train_loss": loss_sum / max(1, count), "dev_loss": dev_loss}
+        if dev_metric is not None:
+            record["dev_metric"] = dev_metric(accelerator.unwrap_model(model))
+        history.append(record)
+        score = -record["dev_metric"] if dev_metric is not None else dev_loss
+        if best is None or score < best:
+            best, bad_epochs = score, 0
+            best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()
+                          if "lora_" in k}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                break
+    wall = time.perf_counter() - start
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.load_state_dict(best_state, strict=False)
+    unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+    best_epoch = min(history, key=lambda r: -r["dev_metric"] if dev_metric is not None else r["dev_loss"])["epoch"]
+    last = history[-1]
+    warnings = []
+    if last["train_loss"] < 0.25 * last["dev_loss"]:
+        warnings.append(f"memorising: train loss {last['train_loss']:.3f} is far below dev loss "
+                        f"{last['dev_loss']:.3f}")
+    return {
+        "config": {**asdict(cfg), "target_modules": list(cfg.target_modules)}, "seed": seed,
+        "device": str(device), "autocast": precision, "train_examples": len(train), "dev_examples": len(dev),
+        "prompts_truncated": truncated, "epochs_run": len(history), "best_epoch": best_epoch, "history": history,
+        "wall_s": wall, "tokens_seen": tokens_seen, "tokens_per_s": tokens_seen / wall if wall else None,
+        "peak_memory_mb": peak_memory_mb(device), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda"
+        else "process_max_rss", "trainable_parameters": trainable, "total_parameters": total, "warnings": warnings,
+    }

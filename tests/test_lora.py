@@ -1,0 +1,103 @@
+"""LoRA arm on tiny random models: it learns, caches, masks the loss to the target, never uses a partial adapter."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from harness.errors import ConfigError
+from harness.lm_hf import TransformersLM
+from harness.lora_train import collate, encode_pairs, target_loss
+from harness.strategy import PrepareContext
+from harness.task import load_task
+from strategies.lora import LoRA, split_dev
+
+
+def _no_bars(description, total):
+    return lambda n=1: None
+
+
+def _keyword_task(folder, n_train=64, n_heldout=16):
+    """A trivial mapping a tiny model can learn in seconds: the colour word decides the label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "task.yaml").write_text("type: classification\ninstruction: Which colour?\nlabels: [positive, negative]\n")
+    rng = random.Random(0)
+    fillers = ["the", "review", "product", "kettle", "plug", "today", "was", "a"]
+
+    def rows(n, prefix):
+        out = []
+        for i in range(n):
+            label = "positive" if i % 2 == 0 else "negative"
+            word = "lovely" if label == "positive" else "awful"
+            words = rng.sample(fillers, 3) + [word]
+            out.append({"id": f"{prefix}{i}", "input": f"{i} " + " ".join(words), "target": label})
+        return out
+    for split, data in (("train", rows(n_train, "t")), ("heldout", rows(n_heldout, "h"))):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+    return load_task(folder, allow_overlap=True)
+
+
+FAST = dict(rank=16, alpha=16, dropout=0.0, learning_rate=1e-2, epochs=25, batch_size=8, patience=25, dtype="fp32",
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+
+
+def test_tiny_model_learns_a_trivial_mapping_and_the_adapter_is_cached(tiny_model, tmp_path):
+    task = _keyword_task(tmp_path / "task")
+    lm = TransformersLM(str(tiny_model))
+    ctx = PrepareContext(task, lm, tmp_path / "work", tmp_path / "cache", 0, _no_bars)
+    before = LoRA(**{**FAST, "epochs": 1, "learning_rate": 1e-9})
+    before.prepare(PrepareContext(task, lm, tmp_path / "w0", tmp_path / "cache0", 0, _no_bars))
+    acc_before = sum(p.output == ex.target for p, ex in zip(before.predict(task.heldout), task.heldout)) / 16
+
+    arm = LoRA(**FAST)
+    report = arm.prepare(ctx)
+    history = report["training"]["history"]
+    assert not report["cached"] and history[-1]["train_loss"] < history[0]["train_loss"]
+    acc = sum(p.output == ex.target for p, ex in zip(arm.predict(task.heldout), task.heldout)) / 16
+    assert acc >= 0.8 and acc > acc_before
+    t = report["training"]
+    assert t["tokens_seen"] > 0 and t["trainable_parameters"] < t["total_parameters"] and t["peak_memory_mb"] > 0
+    assert (tmp_path / "cache" / "adapters").is_dir()
+    adapter = report["adapter"]
+    assert any(p.name == "adapter_model.safetensors" for p in __import__("pathlib").Path(adapter).iterdir())
+
+    again = LoRA(**FAST).prepare(ctx)  # same data, model, settings, seed: nothing is trained
+    assert again["cached"] and again["adapter"] == adapter
+    other_seed = LoRA(**FAST, seed=1).prepare(ctx)
+    assert not other_seed["cached"] and other_seed["adapter"] != adapter
+
+
+def test_loss_covers_only_target_tokens(tiny_model):
+    lm = TransformersLM(str(tiny_model))
+    data, _ = encode_pairs(lm, [("prompt one is long", "positive"), ("p2", "negative")], 64)
+    batch = collate(data, lm.tokenizer.pad_token_id, "cpu")
+    labels = batch["labels"]
+    for row, e in enumerate(data):
+        assert (labels[row] != -100).sum() == e.target_len  # target + end-of-turn token only
+        assert labels[row, -e.target_len:].tolist() == e.ids[-e.target_len:]
+    # the target-only logits path gives the same loss as the full-logits path
+    full, n_full = target_loss(lm.model, batch, target_only=False)
+    part, n_part = target_loss(lm.model, batch, target_only=True)
+    assert n_full == n_part == sum(e.target_len for e in data) and torch.allclose(full, part, atol=1e-4)
+
+
+def test_dev_carve_out_is_stratified_and_small_train_is_refused(tmp_path):
+    task = _keyword_task(tmp_path / "task", n_train=40)
+    train, dev, source = split_dev(task, 0.2, seed=0)
+    assert len(dev) == 8 and {ex.target for ex in dev} == {"positive", "negative"}
+    assert not {ex.id for ex in train} & {ex.id for ex in dev} and "carved" in source
+    small = _keyword_task(tmp_path / "small", n_train=10)
+    with pytest.raises(ConfigError, match="needs at least 12"):
+        split_dev(small, 0.15, seed=0)
+
+
+def test_diverging_training_is_stopped_and_no_adapter_is_kept(tiny_model, tmp_path):
+    task = _keyword_task(tmp_path / "task")
+    lm = TransformersLM(str(tiny_model))
+    arm = LoRA(**{**FAST, "learning_rate": 0.5, "alpha": 100000, "epochs": 3})  # a scale that must blow up
+    from harness.lora_train import TrainingDiverged
+    with pytest.raises(TrainingDiverged):
+        arm.prepare(PrepareContext(task, lm, tmp_path / "w", tmp_path / "cache", 0, _no_bars))
+    adapters = tmp_path / "cache" / "adapters"
+    assert not [p for p in adapters.iterdir() if p.is_dir()]  # the partial adapter was removed, never cached
