@@ -4,7 +4,9 @@
 - index build time and single-query latency p50/p99 at 10k and 100k vectors for flat (exact), HNSW and IVF, with
   the approximate indexes' recall@10 against the exact one (random unit vectors of the embedder's dimension:
   encoding 100k real sentences would take minutes and measure the embedder again, not the index);
-- a cold build of the hr_policy_qa knowledge index (embed + index) against the cached rebuild.
+- a cold build of the hr_policy_qa knowledge index (embed + index) against the cached rebuild;
+- retrieval quality on real data: recall@1/5 and MRR of the held-out queries of covid_faq (../shared) and of
+  hr_policy_qa against their gold documents.
 
 Usage: python bench/retrieval.py [--sizes 10000 100000] [--queries 500]
 """
@@ -97,6 +99,27 @@ def main() -> None:
     print(f"\nhr_policy_qa knowledge ({len(passages)} passages): cold build {t_cold * 1000:.0f} ms "
           f"({cold.built['embeddings']}/{cold.built['index']}), cached rebuild {t_warm * 1000:.1f} ms "
           f"({warm.built['embeddings']}/{warm.built['index']}), {t_cold / t_warm:.0f}x faster")
+
+    from harness.scoring import retrieval_metrics
+    from harness.task import load_task
+
+    print("\nretrieval quality (exact flat index, k=5):")
+    for name in ("covid_faq", "hr_policy_qa"):
+        try:
+            task = load_task(ROOT / "tasks" / name)
+        except Exception as e:  # ../shared missing: say so, measure the rest
+            print(f"  {name}: skipped ({e})")
+            continue
+        docs = [(d.id, (str(d.meta["title"]) + "\n" if d.meta.get("title") else "") + d.input)
+                for d in task.split("knowledge")]
+        passages, _ = r.chunk(docs)
+        with tempfile.TemporaryDirectory() as cache:
+            corpus = r.build(passages, Path(cache))
+            hits = r.search(corpus, [ex.input for ex in task.heldout], 5)
+        m = retrieval_metrics([list(ex.meta["doc_ids"]) for ex in task.heldout],
+                              [[p.doc_id for p, _ in found] for found in hits])
+        print(f"  {name}: {len(task.heldout)} queries over {len(docs)} documents ({len(passages)} passages): "
+              f"recall@1 {m['recall@1']:.3f}  recall@5 {m['recall@5']:.3f}  MRR {m['mrr']:.3f}")
 
 
 if __name__ == "__main__":

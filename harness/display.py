@@ -53,14 +53,17 @@ def comparison_table(comparison: dict) -> Table:
     table.add_column(primary, justify="right", style="bold green")
     for m in secondary:
         table.add_column(m, justify="right")
-    for col in ("n", "tokens in/ex", "tokens out/ex", "latency/ex (s)"):
+    for col in ("n", "tokens in/ex", "tokens out/ex", "latency/ex (s)", "train (s)"):
         table.add_column(col, justify="right")
     for name, r in rows.items():
         if "error" in r:
-            table.add_row(name, f"[red]failed: {r['error']}[/red]", *["–"] * (len(secondary) + 5))
+            table.add_row(name, f"[red]failed: {r['error']}[/red]", *["–"] * (len(secondary) + 6))
             continue
-        m, u = r["metrics"], r["usage"]
-        table.add_row(name, r.get("summary", ""), _fmt(m.get(primary)), *[_fmt(m.get(s)) for s in secondary],
+        m, u, t = r["metrics"], r["usage"], r.get("training")
+        spread = r.get("metrics_seed_std", {})
+        main = _fmt(m.get(primary)) + (f" ± {spread[primary]:.3f}" if primary in spread else "")
+        train = "–" if not t else f"{t['wall_s']:.0f}" + (" (cached)" if t.get("cached") else "")
+        table.add_row(name, r.get("summary", ""), main, *[_fmt(m.get(s)) for s in secondary],
                       str(r["n"]), _fmt(u["input_tokens"]["mean"], 1), _fmt(u["output_tokens"]["mean"], 1),
-                      _fmt(u["latency_s"]["mean"]))
+                      _fmt(u["latency_s"]["mean"]), train)
     return table

@@ -51,7 +51,7 @@ class TransformersLM:
         if self.batch_size < 1:
             raise ConfigError(f"must be ≥ 1, got {batch_size}", field="model.batch_size")
         cache = Path(cache_dir or Path.home() / ".cache" / "harness").expanduser()
-        path = packaged.resolve(name_or_path, cache, status=status)
+        path = self.path = packaged.resolve(name_or_path, cache, status=status)
         hf_logging.disable_progress_bar()  # our own rich bars cover loading; HF's tqdm would interleave
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -123,10 +123,23 @@ class TransformersLM:
     def train_adapter(self, train_pairs, dev_pairs, config: dict, out_dir: Path, seed: int, progress=None,
                       dev_metric=None) -> dict:
         """Train a LoRA adapter on (prompt, target) pairs (harness.lora_train); see TrainConfig for settings."""
+        import dataclasses
+
         from harness.lora_train import TrainConfig, train_lora
 
-        return train_lora(self, train_pairs, dev_pairs, TrainConfig(**config), Path(out_dir), seed, progress,
-                          (lambda model: dev_metric(self.with_model(model))) if dev_metric else None)
+        cfg, retries = TrainConfig(**config), []
+        while True:
+            try:
+                report = train_lora(self, train_pairs, dev_pairs, cfg, Path(out_dir), seed, progress,
+                                    (lambda model: dev_metric(self.with_model(model))) if dev_metric else None)
+                return {**report, "oom_retries": retries}
+            except torch.OutOfMemoryError:  # GPU out of memory: halve the batch, keep the effective batch size
+                if cfg.batch_size == 1:
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // 2, grad_accum=cfg.grad_accum * 2)
+                retries.append({"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum})
 
     def with_adapter(self, path: str | Path, merge: bool = True) -> "TransformersLM":
         from peft import PeftModel

@@ -39,10 +39,12 @@ class TrainConfig:
     max_length: int = 512
     warmup_ratio: float = 0.06
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0   # gradient clipping, as transformers' Trainer does by default
     patience: int = 1            # epochs without dev improvement before stopping
     dtype: str = "auto"          # auto: bf16 autocast on CUDA or a CPU with native bf16, else fp32
     group_by_length: bool = True
     target_only_logits: bool = True
+    shared_prefix: bool = True   # run the prompt prefix all examples share once per batch
     qlora: bool = False          # 4-bit base (bitsandbytes), CUDA only
 
     def __post_init__(self):
@@ -112,30 +114,74 @@ def batches(data: Sequence[Encoded], size: int, rng: random.Random, group_by_len
     return out
 
 
-def collate(data: Sequence[Encoded], pad: int, device) -> dict:
-    width = max(len(e.ids) for e in data)
-    ids = torch.tensor([[pad] * (width - len(e.ids)) + e.ids for e in data], device=device)
-    mask = torch.tensor([[0] * (width - len(e.ids)) + [1] * len(e.ids) for e in data], device=device)
+def shared_prefix(data: Sequence[Encoded], minimum: int = 16) -> list[int]:
+    """The token prefix every sequence shares inside its prompt (e.g. the system instruction), or []."""
+    first = data[0].ids
+    limit = min(len(e.ids) - e.target_len for e in data) - 1  # each row keeps ≥ 1 prompt token of its own
+    k = 0
+    while k < limit and all(e.ids[k] == first[k] for e in data):
+        k += 1
+    return first[:k] if k >= minimum else []
+
+
+def collate(data: Sequence[Encoded], pad: int, device, prefix: Sequence[int] = ()) -> dict:
+    """Left-padded batch of the sequences after the shared prefix (which runs once per batch, see target_loss)."""
+    p = len(prefix)
+    rows = [e.ids[p:] for e in data]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
     labels = torch.full_like(ids, -100)
     for row, e in enumerate(data):
         labels[row, width - e.target_len:] = ids[row, width - e.target_len:]
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    position = p + (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position, "labels": labels,
-            "keep": max(e.target_len for e in data) + 1, "tokens": int(mask.sum())}
+            "prefix": torch.tensor([list(prefix)], device=device) if p else None,
+            "keep": max(e.target_len for e in data) + 1, "tokens": int(mask.sum()) + p * len(data)}
 
 
 def target_loss(model, batch: dict, target_only: bool) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over target tokens, and their count. With target_only the LM head runs only on the
-    last `keep` positions (every target sits at the end of its left-padded row)."""
+    last `keep` positions (every target sits at the end of its left-padded row). A shared prefix runs once (batch
+    of one, in the graph so the adapter learns through it) and its keys and values are broadcast to every row."""
     keep = batch["keep"] if target_only else 0
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=keep).logits
+    kwargs, mask = {}, batch["attention_mask"]
+    if batch.get("prefix") is not None:
+        from transformers import DynamicCache
+
+        prefix = batch["prefix"]
+        b = batch["input_ids"].shape[0]
+        cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
+        config = model.config if hasattr(model, "config") else None
+        kwargs["cache"] = DynamicCache(ddp_cache_data=[(layer.keys.expand(b, -1, -1, -1),
+                                                        layer.values.expand(b, -1, -1, -1)) for layer in cache.layers],
+                                       config=config)
+        mask = torch.cat([torch.ones(b, prefix.shape[1], dtype=mask.dtype, device=mask.device), mask], dim=1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+                   logits_to_keep=keep, use_cache=bool(kwargs), **kwargs).logits
     labels = batch["labels"][:, -logits.shape[1]:]
     shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
     n = int((shift_labels != -100).sum())
     loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                                              ignore_index=-100, reduction="sum")
     return loss, n
+
+
+def load_4bit_base(lm):
+    """QLoRA: the base model loaded again in 4-bit NF4 (bitsandbytes, CUDA only), prepared for k-bit training."""
+    if lm.device.type != "cuda":
+        raise ConfigError("QLoRA (4-bit base) needs a CUDA GPU; set qlora: false on CPU", field="qlora")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError("QLoRA needs the bitsandbytes package (pip install bitsandbytes)", field="qlora") from None
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(lm.path, quantization_config=quant, device_map={"": lm.device.index or 0})
+    return prepare_model_for_kbit_training(model)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -153,9 +199,10 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     rng = random.Random(seed)
     device = lm.device
     precision = autocast_dtype(cfg.dtype, device)
-    if cfg.qlora and device.type != "cuda":
-        raise ConfigError("QLoRA (4-bit base) needs a CUDA GPU; set qlora: false on CPU", field="qlora")
-    base = copy.deepcopy(lm.model).float() if device.type == "cpu" else copy.deepcopy(lm.model)
+    if cfg.qlora:
+        base = load_4bit_base(lm)
+    else:
+        base = copy.deepcopy(lm.model).float() if device.type == "cpu" else copy.deepcopy(lm.model)
     base.config.use_cache = False
     peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
@@ -167,6 +214,7 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     total = sum(p.numel() for p in model.parameters())
     train, truncated = encode_pairs(lm, train_pairs, cfg.max_length)
     dev, _ = encode_pairs(lm, dev_pairs, cfg.max_length)
+    prefix = shared_prefix(list(train) + list(dev)) if cfg.shared_prefix else []
     accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu",
                               gradient_accumulation_steps=cfg.grad_accum)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
@@ -182,29 +230,33 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
         loss_sum, count = 0.0, 0
         with torch.no_grad(), accelerator.autocast():
             for idx in batches(dev, cfg.batch_size, random.Random(0), True):
-                loss, n = target_loss(model, collate([dev[i] for i in idx], pad, accelerator.device), True)
+                loss, n = target_loss(model, collate([dev[i] for i in idx], pad, accelerator.device, prefix), True)
                 loss_sum, count = loss_sum + float(loss), count + n
         model.train()
         return loss_sum / max(1, count)
 
-    history, best, best_state, bad_epochs, tokens_seen = [], None, None, 0, 0
+    history, best, best_state, bad_epochs, tokens_seen, step_s = [], None, None, 0, 0, 0.0
     start = time.perf_counter()
     advance = progress("lora: train", steps_per_epoch * cfg.epochs) if progress else None
     model.train()
     for epoch in range(1, cfg.epochs + 1):
         loss_sum, count = 0.0, 0
         for idx in batches(train, cfg.batch_size, rng, cfg.group_by_length):
-            batch = collate([train[i] for i in idx], pad, accelerator.device)
+            step_start = time.perf_counter()
+            batch = collate([train[i] for i in idx], pad, accelerator.device, prefix)
             with accelerator.accumulate(model), accelerator.autocast():
                 loss, n = target_loss(model, batch, cfg.target_only_logits)
                 if not torch.isfinite(loss) or (count and float(loss) / max(1, n) > 50):
                     raise TrainingDiverged(f"training loss became {float(loss) / max(1, n):.3g} in epoch {epoch}; "
                                            f"lower learning_rate (now {cfg.learning_rate})")
                 accelerator.backward(loss / max(1, n))
+                if cfg.max_grad_norm and accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            loss_sum, count, tokens_seen = loss_sum + float(loss), count + n, tokens_seen + batch["tokens"]
+            loss_sum, count, tokens_seen = loss_sum + float(loss.detach()), count + n, tokens_seen + batch["tokens"]
+            step_s += time.perf_counter() - step_start
             if advance:
                 advance(1)
         dev_loss = evaluate()
@@ -234,8 +286,9 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     return {
         "config": {**asdict(cfg), "target_modules": list(cfg.target_modules)}, "seed": seed,
         "device": str(device), "autocast": precision, "train_examples": len(train), "dev_examples": len(dev),
-        "prompts_truncated": truncated, "epochs_run": len(history), "best_epoch": best_epoch, "history": history,
-        "wall_s": wall, "tokens_seen": tokens_seen, "tokens_per_s": tokens_seen / wall if wall else None,
+        "prompts_truncated": truncated, "shared_prefix_tokens": len(prefix), "epochs_run": len(history), "best_epoch": best_epoch, "history": history,
+        "wall_s": wall, "train_steps_s": step_s, "tokens_seen": tokens_seen,
+        "tokens_per_s": tokens_seen / step_s if step_s else None,  # training steps only (dev evaluation excluded)
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda"
         else "process_max_rss", "trainable_parameters": trainable, "total_parameters": total, "warnings": warnings,
     }

@@ -85,6 +85,19 @@ def summarize_usage(records: list[dict]) -> dict:
             "examples_per_s": len(records) / latency["total"] if latency["total"] else None}
 
 
+def replicate_summary(results: dict[str, dict], members: list[str]) -> dict:
+    """The mean of an arm's seed replicates, with their spread (sample standard deviation)."""
+    done = [results[m] for m in members if "error" not in results[m]]
+    if not done:
+        return {"error": "every replicate failed", "replicates": members}
+    names = sorted(set.intersection(*(set(r["metrics"]) for r in done)))
+    spread = {m: statistics.stdev([r["metrics"][m] for r in done]) if len(done) > 1 else 0.0 for m in names}
+    return {"summary": f"mean of {len(done)} seeds", "replicates": members,
+            "metrics": {m: statistics.fmean(r["metrics"][m] for r in done) for m in names},
+            "metrics_seed_std": spread, "n": done[0]["n"], "usage": done[0]["usage"], "model": done[0]["model"],
+            "training": done[0].get("training")}
+
+
 def score_strategy(task: Task, records: dict[str, dict]) -> dict:
     examples = [ex for ex in task.heldout if ex.id in records]
     result = scoring.score(task.type, [ex.target for ex in examples], [records[ex.id]["output"] for ex in examples],
@@ -120,15 +133,18 @@ class Runner:
         model = lm.describe()
         # Preflight: every arm is built and checked against what the results folder already holds before any
         # work is done or anything is written.
-        arms = {}
-        for name in names:
-            strategy = _instantiate(cfg.strategies[name], f"strategy {name!r}", name=name)
+        arms, replicated = {}, {}
+        for arm_name, node, extra in self._expand(names):
+            strategy = _instantiate(node, f"strategy {arm_name!r}", name=arm_name, **extra)
             key = fingerprint(strategy.describe(), model, dict(task.data_hashes), len(task.train), seed)
-            prepare_path = self.run_dir / name / "prepare.json"
+            prepare_path = self.run_dir / arm_name / "prepare.json"
             if prepare_path.exists() and read_json(prepare_path).get("fingerprint") != key:
-                raise ConfigError(f"{prepare_path.parent} holds results of a different configuration of {name!r}; "
-                                  f"use a new results_dir (or delete that folder) to rerun it", field="results_dir")
-            arms[name] = (strategy, key)
+                raise ConfigError(f"{prepare_path.parent} holds results of a different configuration of "
+                                  f"{arm_name!r}; use a new results_dir (or delete that folder) to rerun it",
+                                  field="results_dir")
+            arms[arm_name] = (strategy, key)
+            if extra:
+                replicated.setdefault(arm_name.split("@")[0], []).append(arm_name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "run.json", {
             **provenance.collect(CODE_DIR), "task": task.name, "task_dir": str(task.directory.resolve()),
@@ -150,11 +166,25 @@ class Runner:
                                {"error": message, "traceback": None if user_error else traceback.format_exc()})
                     display.error(f"strategy {name} failed: {message}")
                     results[name] = {"error": message}
+        for name, members in replicated.items():
+            results[name] = replicate_summary(results, members)
         comparison = {"task": task.name, "task_type": task.type, "primary_metric": task.metric,
                       "heldout_n": len(task.heldout), "run_dir": str(self.run_dir), "model": model,
                       "strategies": results}
         write_json(self.run_dir / "comparison.json", comparison)
         return comparison
+
+    def _expand(self, names: list[str]):
+        """(arm name, config, extra kwargs) per arm; an arm with `seeds: [..]` becomes one replicate per seed."""
+        for name in names:
+            node = self.cfg.strategies[name]
+            seeds = node.get("seeds")
+            if not seeds:
+                yield name, node, {}
+                continue
+            plain = OmegaConf.create({k: v for k, v in node.items() if k != "seeds"})
+            for s in seeds:
+                yield f"{name}@seed{s}", plain, {"seed": int(s)}
 
     def _run_strategy(self, name: str, strategy, key: str, task: Task, lm, seed: int, bars) -> dict:
         folder = self.run_dir / name
@@ -164,9 +194,10 @@ class Runner:
                              progress=bars)
         start = time.perf_counter()
         report = strategy.prepare(ctx)
+        prepare_s = time.perf_counter() - start
         write_json(prepare_path, {"strategy": name, "target": self.cfg.strategies[name]["_target_"],
                                   "settings": strategy.describe(), "model": model, "fingerprint": key,
-                                  "prepare_s": time.perf_counter() - start, "report": report})
+                                  "prepare_s": prepare_s, "report": report})
         log = PredictionLog(folder / "predictions.jsonl")
         todo = [ex for ex in task.heldout if ex.id not in log.done()]
         advance = bars(f"{name}: predict", len(task.heldout))
@@ -186,5 +217,13 @@ class Runner:
         if usage["truncated"]:
             display.status(f"[yellow]warning:[/yellow] {name}: {usage['truncated']} prompt(s) were longer than the "
                            f"model's context and were cut in the middle (counted in usage.json)")
+        training = report.get("training")
+        cost = {"prepare_s": prepare_s}
+        if training:
+            cost.update({k: training.get(k) for k in ("wall_s", "tokens_seen", "tokens_per_s", "peak_memory_mb",
+                                                       "peak_memory_kind", "device", "autocast",
+                                                       "trainable_parameters")})
+            cost["cached"] = report.get("cached", False)
         return {"summary": report.get("summary", ""), "metrics": metrics["metrics"], "n": metrics["n"],
+                "training": cost if training else None,
                 "usage": usage, "model": model}

@@ -169,9 +169,10 @@ class _Spec:
             raise TaskError(f"must map split names ({', '.join(SPLITS)}) to files", file=path, field="splits")
         self.splits = dict(splits)
         columns = raw.get("columns") or {}
-        if not isinstance(columns, dict) or set(columns) - {"id", "input", "target"}:
-            raise TaskError("must map id / input / target to your file's column names", file=path, field="columns")
-        self.columns = {"id": "id", "input": "input", "target": "target", **columns}
+        if not isinstance(columns, dict) or set(columns) - {"id", "input", "target", "doc_ids"}:
+            raise TaskError("must map id / input / target / doc_ids to your file's column names", file=path,
+                            field="columns")
+        self.columns = {"id": "id", "input": "input", "target": "target", "doc_ids": "doc_ids", **columns}
         if self.metric not in _metric_names(self.type):
             raise TaskError(f"unknown metric {self.metric!r} for {self.type} (choose from "
                             f"{', '.join(_metric_names(self.type))})", file=path, field="metric")
@@ -231,6 +232,9 @@ def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Examp
         else:
             target = str(target)
     meta = {k: v for k, v in rec.items() if k not in (cols["id"], cols["input"], cols["target"])}
+    gold = rec.get(cols["doc_ids"])  # ids of the knowledge documents that hold the answer (retrieval recall)
+    if gold not in (None, "", []):
+        meta["doc_ids"] = [str(gold)] if isinstance(gold, (str, int)) else [str(g) for g in gold]
     return Example(ex_id, text, target, line, _freeze(meta))
 
 

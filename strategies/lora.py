@@ -79,8 +79,9 @@ class LoRA:
     def __init__(self, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
                  target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"), learning_rate: float = 2e-4,
                  epochs: int = 3, batch_size: int = 8, grad_accum: int = 1, max_length: int = 512,
-                 warmup_ratio: float = 0.06, weight_decay: float = 0.0, patience: int = 1, dtype: str = "auto",
-                 group_by_length: bool = True, target_only_logits: bool = True, qlora: bool = False,
+                 warmup_ratio: float = 0.06, weight_decay: float = 0.0, max_grad_norm: float = 1.0, patience: int = 1, dtype: str = "auto",
+                 group_by_length: bool = True, target_only_logits: bool = True, shared_prefix: bool = True,
+                 qlora: bool = False,
                  dev_fraction: float = 0.15, select_on: str = "dev_loss", merge: bool = True, seed: int | None = None,
                  decode: str = "auto", max_new_tokens: int = 128, template: dict | None = None, prompts=None,
                  name: str = "lora"):
@@ -89,9 +90,9 @@ class LoRA:
         self.train_config = {"rank": rank, "alpha": alpha, "dropout": dropout, "target_modules": tuple(target_modules),
                              "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size,
                              "grad_accum": grad_accum, "max_length": max_length, "warmup_ratio": warmup_ratio,
-                             "weight_decay": weight_decay, "patience": patience, "dtype": dtype,
+                             "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "patience": patience, "dtype": dtype,
                              "group_by_length": group_by_length, "target_only_logits": target_only_logits,
-                             "qlora": qlora}
+                             "shared_prefix": shared_prefix, "qlora": qlora}
         self.dev_fraction, self.select_on, self.merge, self.seed = dev_fraction, select_on, merge, seed
         self.decode, self.max_new_tokens, self.name = decode, int(max_new_tokens), name
         self.prompts = prompts or InstructionPrompts(template_from_config(template))

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import ROOT, run_harness
 
 
@@ -124,3 +126,18 @@ def test_failing_strategy_is_recorded_and_the_others_still_run(tiny_model, tmp_p
     assert "nonsense" in comparison["strategies"]["zero_shot"]["error"]
     assert comparison["strategies"]["prompt_only"]["n"] == 12
     assert (out / "zero_shot" / "error.json").is_file()
+
+
+def test_seed_replicates_are_reported_each_and_as_a_mean(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    r = run_harness("task=tiny", f"results_dir={out}", "strategies=[prompt_only]", "strategies.prompt_only.shots=2",
+                    "+strategies.prompt_only.seeds=[0,1,2]", *_model(tiny_model))
+    assert r.returncode == 0, r.stdout + r.stderr
+    arms = json.loads((out / "comparison.json").read_text())["strategies"]
+    members = ["prompt_only@seed0", "prompt_only@seed1", "prompt_only@seed2"]
+    assert arms["prompt_only"]["replicates"] == members
+    demos = [json.loads((out / m / "prepare.json").read_text())["report"]["demo_ids"] for m in members]
+    assert len({tuple(d) for d in demos}) == 3  # each replicate really used its own seed
+    accs = [arms[m]["metrics"]["accuracy"] for m in members]
+    assert arms["prompt_only"]["metrics"]["accuracy"] == pytest.approx(sum(accs) / 3)
+    assert "metrics_seed_std" in arms["prompt_only"]

@@ -82,6 +82,32 @@ def test_loss_covers_only_target_tokens(tiny_model):
     assert n_full == n_part == sum(e.target_len for e in data) and torch.allclose(full, part, atol=1e-4)
 
 
+def test_shared_prefix_loss_and_gradients_equal_the_plain_path(tiny_model):
+    from peft import LoraConfig, get_peft_model
+
+    from harness.lora_train import shared_prefix
+
+    lm = TransformersLM(str(tiny_model))
+    system = "Route the ticket to billing or refunds. " * 3
+    pairs = [(lm.render([{"role": "system", "content": system}, {"role": "user", "content": text}]), label)
+             for text, label in [("charged twice", "billing"), ("money back please, it broke", "refunds"),
+                                 ("invoice", "billing")]]
+    data, _ = encode_pairs(lm, pairs, 256)
+    prefix = shared_prefix(data)
+    assert len(prefix) > 16
+    model = get_peft_model(__import__("copy").deepcopy(lm.model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                            init_lora_weights=False))
+    grads = []
+    for p in ([], prefix):
+        model.zero_grad()
+        loss, n = target_loss(model, collate(data, lm.tokenizer.pad_token_id, "cpu", p), True)
+        loss.backward()
+        grads.append((float(loss), n, [q.grad.clone() for q in model.parameters() if q.requires_grad]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-4) and grads[0][1] == grads[1][1]
+    for a, b in zip(grads[0][2], grads[1][2]):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+
+
 def test_dev_carve_out_is_stratified_and_small_train_is_refused(tmp_path):
     task = _keyword_task(tmp_path / "task", n_train=40)
     train, dev, source = split_dev(task, 0.2, seed=0)
@@ -101,3 +127,22 @@ def test_diverging_training_is_stopped_and_no_adapter_is_kept(tiny_model, tmp_pa
         arm.prepare(PrepareContext(task, lm, tmp_path / "w", tmp_path / "cache", 0, _no_bars))
     adapters = tmp_path / "cache" / "adapters"
     assert not [p for p in adapters.iterdir() if p.is_dir()]  # the partial adapter was removed, never cached
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tiny_model, monkeypatch, tmp_path):
+    import harness.lora_train as lora_train
+
+    real, calls = lora_train.train_lora, []
+
+    def short_of_memory(lm, train_pairs, dev_pairs, cfg, *args, **kwargs):
+        calls.append((cfg.batch_size, cfg.grad_accum))
+        if cfg.batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(lm, train_pairs, dev_pairs, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(lora_train, "train_lora", short_of_memory)
+    lm = TransformersLM(str(tiny_model))
+    pairs = [(f"prompt {i}", "positive" if i % 2 else "negative") for i in range(8)]
+    report = lm.train_adapter(pairs, pairs[:4], {"batch_size": 8, "epochs": 1, "dtype": "fp32"}, tmp_path, 0)
+    assert calls == [(8, 1), (4, 2), (2, 4)]
+    assert report["oom_retries"] == [{"batch_size": 4, "grad_accum": 2}, {"batch_size": 2, "grad_accum": 4}]
