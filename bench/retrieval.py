@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.provenance import cpu_info
-from harness.retriever import Passage, Retriever
+from harness.retriever import Retriever
 
 ROOT = Path(__file__).resolve().parent.parent
 print = functools.partial(print, flush=True)  # noqa: A001

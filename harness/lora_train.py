@@ -14,7 +14,7 @@ import math
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -246,8 +246,9 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
             batch = collate([train[i] for i in idx], pad, accelerator.device, prefix)
             with accelerator.accumulate(model), accelerator.autocast():
                 loss, n = target_loss(model, batch, cfg.target_only_logits)
-                if not torch.isfinite(loss) or (count and float(loss) / max(1, n) > 50):
-                    raise TrainingDiverged(f"training loss became {float(loss) / max(1, n):.3g} in epoch {epoch}; "
+                per_token = float(loss.detach()) / max(1, n)
+                if not math.isfinite(per_token) or (count and per_token > 50):
+                    raise TrainingDiverged(f"training loss became {per_token:.3g} in epoch {epoch}; "
                                            f"lower learning_rate (now {cfg.learning_rate})")
                 accelerator.backward(loss / max(1, n))
                 if cfg.max_grad_norm and accelerator.sync_gradients:

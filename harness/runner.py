@@ -64,7 +64,8 @@ def _instantiate(node: DictConfig, what: str, **kwargs):
         cause = e.__cause__
         if isinstance(cause, HarnessError):
             raise cause from None
-        raise ConfigError(f"cannot build {what}: {str(e).splitlines()[-1].strip()}") from None
+        reason = f"{type(cause).__name__}: {cause}" if cause else str(e).splitlines()[0]
+        raise ConfigError(f"cannot build {what}: {reason}") from None
 
 
 def fingerprint(*parts: Any) -> str:
@@ -142,7 +143,7 @@ class Runner:
                 raise ConfigError(f"{prepare_path.parent} holds results of a different configuration of "
                                   f"{arm_name!r}; use a new results_dir (or delete that folder) to rerun it",
                                   field="results_dir")
-            arms[arm_name] = (strategy, key)
+            arms[arm_name] = (strategy, key, node["_target_"])
             if extra:
                 replicated.setdefault(arm_name.split("@")[0], []).append(arm_name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -156,9 +157,9 @@ class Runner:
                            f"(allowed by allow_overlap)")
         results: dict[str, dict] = {}
         with display.progress() as bars:
-            for name, (strategy, key) in arms.items():
+            for name, (strategy, key, target) in arms.items():
                 try:
-                    results[name] = self._run_strategy(name, strategy, key, task, lm, seed, bars)
+                    results[name] = self._run_strategy(name, strategy, key, target, task, lm, seed, bars)
                 except Exception as e:  # a failing arm is recorded; the other arms still run
                     user_error = isinstance(e, HarnessError)
                     message = str(e) if user_error else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -179,14 +180,14 @@ class Runner:
         for name in names:
             node = self.cfg.strategies[name]
             seeds = node.get("seeds")
+            plain = OmegaConf.create({k: v for k, v in node.items() if k != "seeds"})  # a runner key, not the arm's
             if not seeds:
-                yield name, node, {}
+                yield name, plain, {}
                 continue
-            plain = OmegaConf.create({k: v for k, v in node.items() if k != "seeds"})
             for s in seeds:
                 yield f"{name}@seed{s}", plain, {"seed": int(s)}
 
-    def _run_strategy(self, name: str, strategy, key: str, task: Task, lm, seed: int, bars) -> dict:
+    def _run_strategy(self, name: str, strategy, key: str, target: str, task: Task, lm, seed: int, bars) -> dict:
         folder = self.run_dir / name
         model = lm.describe()
         prepare_path = folder / "prepare.json"
@@ -195,7 +196,7 @@ class Runner:
         start = time.perf_counter()
         report = strategy.prepare(ctx)
         prepare_s = time.perf_counter() - start
-        write_json(prepare_path, {"strategy": name, "target": self.cfg.strategies[name]["_target_"],
+        write_json(prepare_path, {"strategy": name, "target": target,
                                   "settings": strategy.describe(), "model": model, "fingerprint": key,
                                   "prepare_s": prepare_s, "report": report})
         log = PredictionLog(folder / "predictions.jsonl")
@@ -218,12 +219,10 @@ class Runner:
             display.status(f"[yellow]warning:[/yellow] {name}: {usage['truncated']} prompt(s) were longer than the "
                            f"model's context and were cut in the middle (counted in usage.json)")
         training = report.get("training")
-        cost = {"prepare_s": prepare_s}
-        if training:
-            cost.update({k: training.get(k) for k in ("wall_s", "tokens_seen", "tokens_per_s", "peak_memory_mb",
-                                                       "peak_memory_kind", "device", "autocast",
-                                                       "trainable_parameters")})
-            cost["cached"] = report.get("cached", False)
+        if training:  # the measured cost of training, also when this run reused the cached adapter
+            training = {**{k: training.get(k) for k in ("wall_s", "tokens_seen", "tokens_per_s", "peak_memory_mb",
+                                                         "peak_memory_kind", "device", "autocast",
+                                                         "trainable_parameters")},
+                        "cached": report.get("cached", False)}
         return {"summary": report.get("summary", ""), "metrics": metrics["metrics"], "n": metrics["n"],
-                "training": cost if training else None,
-                "usage": usage, "model": model}
+                "prepare_s": prepare_s, "training": training, "usage": usage, "model": model}

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from harness import inference
 from harness.errors import ConfigError
-from harness.prompts import PromptTemplate, build_messages, template_from_config
+from harness.prompts import build_messages, template_from_config
 from harness.strategy import PrepareContext, Prediction
 from harness.task import Example, Task
 
@@ -64,19 +64,20 @@ class PromptOnly:
             mode += " balanced"
         if inference.uses_scoring(self.task, self.decode):
             mode += ", label scoring" + (" + calibration" if self.calibrate else "")
+        else:
+            mode += ", generation"
         return mode
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
         inference.check_decode(self.task, self.lm, self.decode, self.name)
-        if self.calibrate and not inference.uses_scoring(self.task, self.decode):
-            raise ConfigError("calibration needs label scoring (classification with decode: score or auto)",
-                              field=f"strategies.{self.name}.calibrate")
         seed = ctx.seed if self.seed is None else self.seed
         self.demos = pick_demos(self.task, self.shots, seed)
         self._prompt(self.task.heldout[0])  # a template error surfaces here, before any prediction
         report = {"demo_ids": [d.id for d in self.demos], "seed": seed, "summary": self.summary()}
-        if self.calibrate:
+        if self.calibrate and not inference.uses_scoring(self.task, self.decode):
+            report["calibration"] = "not applicable: calibration corrects label scores, and this arm generates"
+        elif self.calibrate:
             free = [Example(f"content-free-{i}", text or " ", None) for i, text in enumerate(inference.CONTENT_FREE)]
             self.prior = inference.label_prior(self.task, self.lm, [self._prompt(ex) for ex in free])
             report["calibration"] = {"content_free_inputs": list(inference.CONTENT_FREE),

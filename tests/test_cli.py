@@ -111,6 +111,8 @@ def test_bad_input_gets_one_line_errors(tiny_model, tmp_path, task_dir):
     assert r.returncode == 2 and "heldout.jsonl:1: field 'target': label 'meh'" in _one_line_error(r)
     r = run_harness("task=tiny", "strategies=[no_such_strategy]", *_model(tiny_model))
     assert r.returncode != 0 and "no_such_strategy" in r.stderr and "Traceback" not in r.stderr
+    r = run_harness("task=tiny", "strategies=[zero_shot]", "+strategies.zero_shot.bogus=1", *_model(tiny_model))
+    assert r.returncode == 2 and "unexpected keyword argument 'bogus'" in _one_line_error(r)
     r = run_harness("task=tiny", "model=hf", f"model.name_or_path={tmp_path / 'missing'}")
     assert r.returncode == 2 and "cannot load model" in _one_line_error(r)
 
@@ -141,3 +143,25 @@ def test_seed_replicates_are_reported_each_and_as_a_mean(tiny_model, tmp_path):
     accs = [arms[m]["metrics"]["accuracy"] for m in members]
     assert arms["prompt_only"]["metrics"]["accuracy"] == pytest.approx(sum(accs) / 3)
     assert "metrics_seed_std" in arms["prompt_only"]
+
+
+def test_multirun_sweep_writes_one_results_folder_per_combination(tiny_model, tmp_path):
+    out = tmp_path / "sweep"
+    r = run_harness("-m", "task=tiny", f"results_dir={out}", "strategies=[prompt_only]",
+                    "strategies.prompt_only.shots=0,2", *_model(tiny_model))
+    assert r.returncode == 0, r.stdout + r.stderr
+    shots = sorted(json.loads((out / job / "prompt_only" / "prepare.json").read_text())["settings"]["shots"]
+                   for job in ("0", "1"))
+    assert shots == [0, 2]
+
+
+def test_rerun_after_a_finished_training_reuses_the_adapter(tiny_model, tmp_path):
+    args = ("task=tiny", f"results_dir={tmp_path / 'run'}", "strategies=[lora]", "strategies.lora.epochs=1",
+            "strategies.lora.dev_fraction=0.2", f"cache_dir={tmp_path / 'cache'}", *_model(tiny_model))
+    assert run_harness(*args).returncode == 0
+    preds = tmp_path / "run" / "lora" / "predictions.jsonl"
+    preds.write_text("".join(preds.read_text().splitlines(keepends=True)[:3]))  # as if killed while predicting
+    r = run_harness(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "run" / "lora" / "prepare.json").read_text())["report"]
+    assert report["cached"] and len(preds.read_text().splitlines()) == 12

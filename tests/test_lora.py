@@ -146,3 +146,20 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tiny_model
     report = lm.train_adapter(pairs, pairs[:4], {"batch_size": 8, "epochs": 1, "dtype": "fp32"}, tmp_path, 0)
     assert calls == [(8, 1), (4, 2), (2, 4)]
     assert report["oom_retries"] == [{"batch_size": 4, "grad_accum": 2}, {"batch_size": 2, "grad_accum": 4}]
+
+
+def test_combined_arm_trains_on_retrieval_prompts_without_self_demonstrations(tiny_model, tmp_path):
+    from harness.retriever import Retriever
+    from strategies.combined import Combined
+
+    task = _keyword_task(tmp_path / "task", n_train=40, n_heldout=4)
+    lm = TransformersLM(str(tiny_model))
+    arm = Combined(Retriever(), mode="demonstrations", k=2, **{**FAST, "epochs": 1})
+    report = arm.prepare(PrepareContext(task, lm, tmp_path / "w", tmp_path / "cache", 0, _no_bars))
+    assert report["prompts"]["mode"] == "demonstrations" and report["training"]["epochs_run"] == 1
+    train_prompts, retrieved, _ = arm.prompts.build(task.train[:5], exclude_self=True)
+    for ex, hits, prompt in zip(task.train[:5], retrieved, train_prompts):
+        assert ex.id not in [h["id"] for h in hits] and len(hits) == 2
+        assert prompt.count(ex.input) == 1  # only as the input, never as its own demonstration
+    preds = arm.predict(task.heldout)
+    assert all(p.output in task.labels and len(p.retrieved) == 2 for p in preds)

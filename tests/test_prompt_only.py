@@ -1,5 +1,4 @@
 from collections import Counter
-from pathlib import Path
 
 from harness.lm_hf import TransformersLM
 from harness.strategy import PrepareContext

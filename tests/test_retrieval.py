@@ -5,7 +5,7 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.lm_hf import TransformersLM
-from harness.retriever import Corpus, Passage, Retriever
+from harness.retriever import Passage, Retriever
 from harness.scoring import retrieval_metrics
 from harness.strategy import PrepareContext
 from harness.task import load_task
