@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from harness.lm_hf import TransformersLM
-from harness.prompts import PromptTemplate, build_messages
+from harness.prompts import PromptTemplate, build_messages, pick_demos
 from harness.provenance import cpu_info
 from harness.scoring import parse_label
 from harness.task import load_task
-from strategies.prompt_only import pick_demos
 
 ROOT = Path(__file__).resolve().parent.parent
 print = functools.partial(print, flush=True)  # noqa: A001 (progress visible when piped)

@@ -6,6 +6,8 @@ Templates are jinja2 strings from config; the model wrapper turns messages into 
 from __future__ import annotations
 
 import json
+import random
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -93,3 +95,28 @@ def build_messages(task: Task, template: PromptTemplate, example: Example, demos
     messages.append({"role": "user", "content": _render(template.user, input=example.input, context=context,
                                                         **common)})
     return messages
+
+
+def pick_demos(task: Task, k: int, seed: int) -> list[Example]:
+    """k demonstrations from train, seeded; for classification balanced across labels (round robin over
+    shuffled labels), then shuffled so the last demonstration's label is not predictable."""
+    rng = random.Random(seed)
+    pool = list(task.train)
+    if k <= 0:
+        return []
+    if task.type != "classification":
+        return rng.sample(pool, min(k, len(pool)))
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in pool:
+        by_label[ex.target].append(ex)
+    for exs in by_label.values():
+        rng.shuffle(exs)
+    order = [label for label in task.labels if by_label[label]]
+    rng.shuffle(order)
+    demos: list[Example] = []
+    while len(demos) < min(k, len(pool)):
+        for label in order:
+            if by_label[label] and len(demos) < k:
+                demos.append(by_label[label].pop())
+    rng.shuffle(demos)
+    return demos

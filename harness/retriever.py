@@ -125,7 +125,7 @@ class Retriever:
         passages, split = [], 0
         step = self.chunk_tokens - self.chunk_overlap
         for doc_id, text in docs:
-            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
             offsets = enc["offset_mapping"]
             if len(offsets) <= self.chunk_tokens:
                 passages.append(Passage(doc_id, doc_id, text))

@@ -4,40 +4,13 @@ log-likelihood label scoring with optional contextual calibration (Zhao et al. 2
 from __future__ import annotations
 
 import math
-import random
-from collections import defaultdict
 from typing import Sequence
 
 from harness import inference
 from harness.errors import ConfigError
-from harness.prompts import build_messages, template_from_config
+from harness.prompts import build_messages, pick_demos, template_from_config
 from harness.strategy import PrepareContext, Prediction
-from harness.task import Example, Task
-
-
-def pick_demos(task: Task, k: int, seed: int) -> list[Example]:
-    """k demonstrations from train, seeded; for classification balanced across labels (round robin over
-    shuffled labels), then shuffled so the last demonstration's label is not predictable."""
-    rng = random.Random(seed)
-    pool = list(task.train)
-    if k <= 0:
-        return []
-    if task.type != "classification":
-        return rng.sample(pool, min(k, len(pool)))
-    by_label: dict[str, list[Example]] = defaultdict(list)
-    for ex in pool:
-        by_label[ex.target].append(ex)
-    for exs in by_label.values():
-        rng.shuffle(exs)
-    order = [label for label in task.labels if by_label[label]]
-    rng.shuffle(order)
-    demos: list[Example] = []
-    while len(demos) < min(k, len(pool)):
-        for label in order:
-            if by_label[label] and len(demos) < k:
-                demos.append(by_label[label].pop())
-    rng.shuffle(demos)
-    return demos
+from harness.task import Example
 
 
 class PromptOnly:

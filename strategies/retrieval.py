@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Sequence
 from harness import inference
 from harness.display import status
 from harness.errors import ConfigError
-from harness.prompts import PromptTemplate, build_messages, template_from_config
+from harness.prompts import PromptTemplate, build_messages, pick_demos, template_from_config
 from harness.strategy import PrepareContext, Prediction
 from harness.task import Example
 
@@ -44,16 +44,18 @@ class RetrievalPrompts:
     """Builds retrieval-augmented prompts for a task: knowledge passages or nearest-neighbour demonstrations."""
 
     def __init__(self, retriever: Retriever, mode: str, k: int, budget_tokens: int, template: PromptTemplate,
-                 arm: str):
+                 arm: str, shots: int = 0):
         if mode not in MODES:
             raise ConfigError(f"must be one of {', '.join(MODES)}, got {mode!r}", field=f"strategies.{arm}.mode")
         if k < 1:
             raise ConfigError(f"must be ≥ 1, got {k}", field=f"strategies.{arm}.k")
         self.retriever, self.mode, self.k, self.budget, self.template, self.arm = retriever, mode, k, budget_tokens, \
             template, arm
+        self.shots, self.demos = int(shots), []
 
     def describe(self) -> dict:
-        return {"mode": self.mode, "k": self.k, "budget_tokens": self.budget, "retriever": self.retriever.describe(),
+        return {"mode": self.mode, "k": self.k, "budget_tokens": self.budget, "shots": self.shots,
+                "retriever": self.retriever.describe(),
                 "template": {"system": self.template.system, "user": self.template.user}}
 
     def prepare(self, ctx: PrepareContext) -> dict:
@@ -67,6 +69,7 @@ class RetrievalPrompts:
                                   f"(add knowledge.jsonl, or use mode: demonstrations)", field=f"strategies.{self.arm}.mode")
             docs = [(d.id, (str(d.meta["title"]) + "\n" if d.meta.get("title") else "") + d.input)
                     for d in task.split("knowledge")]
+            self.demos = pick_demos(task, self.shots, ctx.seed)  # answer-format demonstrations (no passages)
             passages, split = self.retriever.chunk(docs)
         else:
             self.by_id = {ex.id: ex for ex in task.train}
@@ -77,6 +80,7 @@ class RetrievalPrompts:
             status(f"[yellow]warning:[/yellow] {self.arm}: k={self.k} is larger than the corpus "
                    f"({len(passages)} passages); using k={len(passages)}")
         return {"mode": self.mode, "passages": len(passages), "documents_chunked": split,
+                "demo_ids": [d.id for d in self.demos],
                 "k_used": min(self.k, len(passages)), "index": {**self.corpus.built,
                                                                  "seconds": time.perf_counter() - start}}
 
@@ -94,7 +98,8 @@ class RetrievalPrompts:
             if self.mode == "knowledge":
                 kept, dropped = pack_passages([(p.id, p.text, s) for p, s in found], self.lm.count_tokens, self.budget)
                 context = CONTEXT_HEADER + "\n\n" + "\n\n".join(f"[{pid}] {text}" for pid, text, _ in kept)
-                messages = build_messages(self.task, self.template, ex, context=context)
+                demos = [d for d in self.demos if d.id != ex.id]
+                messages = build_messages(self.task, self.template, ex, demos, context=context)
                 packed = {pid for pid, _, _ in kept}
                 retrieved.append([{"id": p.id, "doc_id": p.doc_id, "score": round(s, 5), "packed": p.id in packed}
                                   for p, s in found])
@@ -113,11 +118,11 @@ class Retrieval:
     """Retrieval-augmented prompting of the arm's model."""
 
     def __init__(self, retriever: Retriever, mode: str = "auto", k: int = 5, budget_tokens: int = 1024,
-                 decode: str = "auto", max_new_tokens: int = 64, template: dict | None = None,
+                 shots: int = 0, decode: str = "auto", max_new_tokens: int = 64, template: dict | None = None,
                  name: str = "retrieval"):
         self.name, self.decode, self.max_new_tokens = name, decode, int(max_new_tokens)
         self.prompts = RetrievalPrompts(retriever, mode, int(k), int(budget_tokens), template_from_config(template),
-                                        name)
+                                        name, shots)
 
     def describe(self) -> dict:
         return {"kind": "retrieval", **self.prompts.describe(), "decode": self.decode,
@@ -129,7 +134,8 @@ class Retrieval:
         report = self.prompts.prepare(ctx)
         what = "passages" if self.prompts.mode == "knowledge" else "nearest demonstrations"
         report["summary"] = f"top-{report['k_used']} {what}" + (
-            f" ≤ {self.prompts.budget} tokens" if self.prompts.mode == "knowledge" else "")
+            f" ≤ {self.prompts.budget} tokens" if self.prompts.mode == "knowledge" else "") + (
+            f", {len(self.prompts.demos)}-shot" if self.prompts.demos else "")
         return report
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:

@@ -3,7 +3,8 @@ from collections import Counter
 from harness.lm_hf import TransformersLM
 from harness.strategy import PrepareContext
 from harness.task import load_task
-from strategies.prompt_only import PromptOnly, pick_demos
+from harness.prompts import pick_demos
+from strategies.prompt_only import PromptOnly
 from tests.conftest import ROOT
 
 

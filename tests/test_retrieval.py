@@ -108,12 +108,13 @@ def _knowledge_task(tmp_path):
 def test_knowledge_mode_end_to_end_on_a_tiny_model(tiny_model, retriever, tmp_path):
     task = _knowledge_task(tmp_path / "task")
     lm = TransformersLM(str(tiny_model))
-    strategy = Retrieval(retriever, mode="knowledge", k=5, budget_tokens=400, max_new_tokens=4)
+    strategy = Retrieval(retriever, mode="knowledge", k=5, budget_tokens=400, shots=1, max_new_tokens=4)
     report = strategy.prepare(PrepareContext(task, lm, tmp_path, tmp_path / "cache", 0, _no_bars))
     assert report["mode"] == "knowledge" and report["k_used"] == 3 and report["passages"] == 3
     preds = strategy.predict(task.heldout)
     assert preds[0].retrieved[0]["doc_id"] == "leave" and preds[1].retrieved[0]["doc_id"] == "bikes"
     assert "[leave]" in preds[0].prompt and "carry over six days" in preds[0].prompt
+    assert preds[0].prompt.count("(asked in train)") == 1 and len(report["demo_ids"]) == 1  # answer-format demo
     assert preds[0].usage["retrieval_s"] > 0 and preds[0].usage["passages_dropped"] == 0
 
 
