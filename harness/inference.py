@@ -5,6 +5,7 @@ Prediction records the same way for all of them."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Sequence
 
 from harness.errors import ConfigError
@@ -68,4 +69,18 @@ def predict(task: Task, lm, examples: Sequence[Example], prompts: Sequence[str],
                                 {"input_tokens": s.input_tokens, "output_tokens": 0, "scored_tokens": s.choice_tokens,
                                  "latency_s": s.latency_s, "truncated": s.truncated, **u},
                                 scores={label: round(v, 5) for label, v in zip(labels, values)}, retrieved=r))
+    return preds
+
+
+def predict_built(task: Task, lm, examples: Sequence[Example], build, *, decode: str = "auto",
+                  max_new_tokens: int = 128) -> list[Prediction]:
+    """Predict with a prompt builder (`build(examples) -> prompts, retrieved, usage`), whose time (retrieval,
+    packing) is part of each example's end-to-end latency."""
+    start = time.perf_counter()
+    prompts, retrieved, usage = build(examples)
+    share = (time.perf_counter() - start) / max(1, len(examples))
+    preds = predict(task, lm, examples, prompts, decode=decode, max_new_tokens=max_new_tokens,
+                    retrieved=retrieved if any(r is not None for r in retrieved) else None, extra_usage=usage)
+    for p in preds:
+        p.usage["latency_s"] += share
     return preds

@@ -164,12 +164,5 @@ class LoRA:
         return metric
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
-        start = time.perf_counter()
-        prompts, retrieved, usage = self.prompts.build(examples)
-        build_s = (time.perf_counter() - start) / max(1, len(examples))
-        preds = inference.predict(self.task, self.lm, examples, prompts, decode=self.decode,
-                                  max_new_tokens=self.max_new_tokens,
-                                  retrieved=retrieved if any(retrieved) else None, extra_usage=usage)
-        for p in preds:
-            p.usage["latency_s"] += build_s
-        return preds
+        return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.decode,
+                                       max_new_tokens=self.max_new_tokens)
