@@ -59,7 +59,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 class Retriever:
     def __init__(self, embedder: str = "packaged:all-minilm-l6-v2", index: str = "flat", batch_size: int = 64,
                  device: str = "cpu", chunk_tokens: int = 200, chunk_overlap: int = 40, hnsw_m: int = 32,
-                 ivf_lists: int | None = None, nprobe: int = 16):
+                 hnsw_ef_search: int = 64, ivf_lists: int | None = None, nprobe: int = 16):
         if index not in INDEX_KINDS:
             raise ConfigError(f"must be one of {', '.join(INDEX_KINDS)}, got {index!r}", field="retriever.index")
         if not 0 <= chunk_overlap < chunk_tokens:
@@ -67,12 +67,14 @@ class Retriever:
                               field="retriever.chunk_overlap")
         self.embedder, self.index_kind, self.batch_size, self.device = embedder, index, int(batch_size), device
         self.chunk_tokens, self.chunk_overlap = int(chunk_tokens), int(chunk_overlap)
-        self.hnsw_m, self.ivf_lists, self.nprobe = int(hnsw_m), ivf_lists, int(nprobe)
+        self.hnsw_m, self.hnsw_ef_search, self.ivf_lists, self.nprobe = int(hnsw_m), int(hnsw_ef_search), ivf_lists, \
+            int(nprobe)
         self._model = None
 
     def describe(self) -> dict:
         return {"embedder": self.embedder, "index": self.index_kind, "chunk_tokens": self.chunk_tokens,
-                "chunk_overlap": self.chunk_overlap, "hnsw_m": self.hnsw_m, "ivf_lists": self.ivf_lists,
+                "chunk_overlap": self.chunk_overlap, "hnsw_m": self.hnsw_m, "hnsw_ef_search": self.hnsw_ef_search,
+                "ivf_lists": self.ivf_lists,
                 "nprobe": self.nprobe}
 
     # ---- embedder -----------------------------------------------------------------------------------------
@@ -102,15 +104,17 @@ class Retriever:
         return f"{self.embedder}|{version}"
 
     def encode(self, texts: Sequence[str], advance: Callable[[int], None] | None = None) -> np.ndarray:
-        chunks = []
-        for s in range(0, len(texts), self.batch_size):
-            batch = list(texts[s:s + self.batch_size])
-            chunks.append(self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
-                                            convert_to_numpy=True, show_progress_bar=False).astype(np.float32))
-            if advance:
-                advance(len(batch))
+        """Normalised embeddings in input order; batches are formed from length-sorted texts (little padding)."""
         dim = self.model.get_embedding_dimension()
-        return np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+        out = np.zeros((len(texts), dim), np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            out[idx] = self.model.encode([texts[i] for i in idx], batch_size=self.batch_size,
+                                         normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+            if advance:
+                advance(len(idx))
+        return out
 
     # ---- chunking -----------------------------------------------------------------------------------------
     @staticmethod
@@ -173,9 +177,15 @@ class Retriever:
                 index = self._new_index(vectors)
                 _atomic_write(idx_path, lambda tmp: faiss.write_index(index, tmp))
                 built["index"] = "built"
+        self.tune(index)
+        return Corpus(passages, index, built)
+
+    def tune(self, index: faiss.Index) -> None:
+        """Search-time settings of the approximate indexes (not stored in the index file)."""
         if self.index_kind == "ivf":
             index.nprobe = self.nprobe
-        return Corpus(passages, index, built)
+        elif self.index_kind == "hnsw":
+            index.hnsw.efSearch = self.hnsw_ef_search
 
     def search(self, corpus: Corpus, queries: Sequence[str], k: int) -> list[list[tuple[Passage, float]]]:
         """Top-k passages per query (k clamped to the corpus size), best first."""

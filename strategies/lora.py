@@ -135,8 +135,11 @@ class LoRA:
         start = time.perf_counter()
         self.lm = base.with_adapter(folder, merge=self.merge)
         self.prompts.lm = self.lm
+        summary = self._summary(training, cached)
+        if report["prompts"].get("mode"):  # composed with the retrieval prompt builder (the combined arm)
+            summary += f" on top-{report['prompts']['k_used']} {report['prompts']['mode']}"
         report.update({"adapter": str(folder), "cached": cached, "load_s": time.perf_counter() - start,
-                       "training": training, "summary": self._summary(training, cached)})
+                       "training": training, "summary": summary})
         return report
 
     def _summary(self, training: dict, cached: bool) -> str:
