@@ -106,8 +106,10 @@ def score_strategy(task: Task, records: dict[str, dict]) -> dict:
     metrics = dict(result["metrics"])
     gold = [(ex, records[ex.id]["retrieved"]) for ex in examples if ex.meta.get("doc_ids") and records[ex.id].get("retrieved")]
     if gold and all("doc_id" in hit for _, hits in gold for hit in hits):
+        depth = min(len(hits) for _, hits in gold)  # recall@k only where k passages were retrieved
         metrics.update(scoring.retrieval_metrics([list(ex.meta["doc_ids"]) for ex, _ in gold],
-                                                 [[hit["doc_id"] for hit in hits] for _, hits in gold]))
+                                                 [[hit["doc_id"] for hit in hits] for _, hits in gold],
+                                                 ks=tuple(k for k in (1, 3, 5, 10) if k <= depth)))
     return {"primary_metric": task.metric, "n": len(examples), "metrics": metrics,
             "details": result["details"],
             "per_example": {ex.id: s for ex, s in zip(examples, result["per_example"])}}

@@ -39,6 +39,9 @@ class PrepareContext:
 
 
 class Strategy(Protocol):
+    """Built by Hydra from `conf/strategies/NAME.yaml` (`_target_`) with `name=<arm name>` added, so messages and
+    config errors can name the arm."""
+
     def prepare(self, ctx: PrepareContext) -> dict:
         """Build what predictions need (demos, index, adapter); return a JSON-able report (prepare.json)."""
 
