@@ -22,6 +22,20 @@ from harness.lm import GENERATE, SCORE, TRAIN, ChoiceScores, Generation
 MIN_SHARED_PREFIX = 16  # tokens; below this a shared-prefix pass is not worth its bookkeeping
 
 
+def cut_middle(ids: list[int], budget: int) -> list[int]:
+    """Keep the first and last tokens of a too-long prompt (instruction and input), dropping the middle."""
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head):]
+
+
+def common_prefix(seqs: Sequence[Sequence[int]], limit: int, minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Length of the token prefix all sequences share (at most `limit`), or 0 when shorter than `minimum`."""
+    first, k = seqs[0], 0
+    while k < limit and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return k if k >= minimum else 0
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -107,8 +121,7 @@ class TransformersLM:
         budget = self.max_length - reserve
         if len(ids) <= budget:
             return ids, False
-        head = budget // 2
-        return ids[:head] + ids[len(ids) - (budget - head):], True
+        return cut_middle(ids, budget), True
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=not self.use_chat).input_ids)
@@ -172,11 +185,7 @@ class TransformersLM:
     def _shared_prefix(self, encoded: list[list[int]]) -> int:
         if len(encoded) < 2:
             return 0
-        first, n = encoded[0], min(len(e) for e in encoded) - 1  # every prompt keeps ≥ 1 token of its own
-        k = 0
-        while k < n and all(e[k] == first[k] for e in encoded):
-            k += 1
-        return k if k >= MIN_SHARED_PREFIX else 0
+        return common_prefix(encoded, min(len(e) for e in encoded) - 1)  # every prompt keeps ≥ 1 own token
 
     def _prefix_layers(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         inp = torch.tensor([ids], device=self.device)

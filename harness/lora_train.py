@@ -24,6 +24,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import get_linear_schedule_with_warmup
 
 from harness.errors import ConfigError
+from harness.lm_hf import common_prefix, cut_middle
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def encode_pairs(lm, pairs: Sequence[tuple[str, str]], max_length: int) -> tuple
         budget = max_length - len(t)
         if len(p) > budget:
             truncated += 1
-            p = p[: budget // 2] + p[len(p) - (budget - budget // 2):]
+            p = cut_middle(p, budget)
         out.append(Encoded(p + t, len(t)))
     return out, truncated
 
@@ -116,12 +117,8 @@ def batches(data: Sequence[Encoded], size: int, rng: random.Random, group_by_len
 
 def shared_prefix(data: Sequence[Encoded], minimum: int = 16) -> list[int]:
     """The token prefix every sequence shares inside its prompt (e.g. the system instruction), or []."""
-    first = data[0].ids
     limit = min(len(e.ids) - e.target_len for e in data) - 1  # each row keeps ≥ 1 prompt token of its own
-    k = 0
-    while k < limit and all(e.ids[k] == first[k] for e in data):
-        k += 1
-    return first[:k] if k >= minimum else []
+    return data[0].ids[:common_prefix([e.ids for e in data], limit, minimum)]
 
 
 def collate(data: Sequence[Encoded], pad: int, device, prefix: Sequence[int] = ()) -> dict:
