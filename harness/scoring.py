@@ -107,44 +107,85 @@ def _f1(tp: float, fp: float, fn: float) -> float:
     return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
+def _mean(records: Sequence[Mapping], key: str) -> float:
+    return sum(r[key] for r in records) / len(records) if records else 0.0
+
+
+def macro_f1(labels: Sequence[str], gold: Sequence[str], parsed: Sequence[str | None]) -> float:
+    """Mean F1 over the labels that occur in the gold set or among the predictions."""
+    f1s = []
+    for label in labels:
+        tp = sum(1 for p, t in zip(parsed, gold) if p == label and t == label)
+        fp = sum(1 for p, t in zip(parsed, gold) if p == label and t != label)
+        fn = sum(1 for p, t in zip(parsed, gold) if p != label and t == label)
+        if tp + fn or fp:
+            f1s.append(_f1(tp, fp, fn))
+    return sum(f1s) / len(f1s) if f1s else 0.0
+
+
+# Metrics that are the mean of one per-example value: the key each is averaged from.
+MEAN_OF = {"accuracy": "correct", "invalid_rate": "invalid", "exact_match": "exact_match", "token_f1": "token_f1",
+           "field_accuracy": "field_accuracy", "record_exact_match": "record_exact_match",
+           "valid_json_rate": "valid_json", "mrr": "reciprocal_rank"}
+
+
+def mean_key(metric: str) -> str | None:
+    """The per-example key a metric averages (recall@k averages `recall@k`), or None (macro_f1, field_f1)."""
+    return metric if metric.startswith("recall@") else MEAN_OF.get(metric)
+
+
+def aggregate(task_type: str, records: Sequence[Mapping], labels: Sequence[str] = ()) -> dict[str, float]:
+    """Every metric of a task type from per-example records: the one place metrics are computed, used for the
+    point estimates and for bootstrap resamples alike."""
+    records = list(records)
+    metrics = {}
+    if task_type == "classification":
+        metrics = {"accuracy": _mean(records, "correct"),
+                   "macro_f1": macro_f1(labels, [r["gold"] for r in records], [r["parsed"] for r in records]),
+                   "invalid_rate": _mean(records, "invalid")}
+    elif task_type == "extraction":
+        tp, fp, fn = (sum(r[k] for r in records) for k in ("tp", "fp", "fn"))
+        metrics = {"field_f1": _f1(tp, fp, fn), **{m: _mean(records, MEAN_OF[m]) for m in
+                                                   ("field_accuracy", "record_exact_match", "valid_json_rate")}}
+    elif task_type == "generation":
+        metrics = {m: _mean(records, m) for m in ("exact_match", "token_f1")}
+    else:
+        raise ValueError(f"unknown task type {task_type!r}")
+    extra = sorted({k for r in records[:1] for k in r if k.startswith("recall@")})
+    metrics.update({k: _mean(records, k) for k in extra})
+    if records and "reciprocal_rank" in records[0]:
+        metrics["mrr"] = _mean(records, "reciprocal_rank")
+    return metrics
+
+
 def score_classification(labels: Sequence[str], targets: Sequence[str], outputs: Sequence[str],
                          label_text: Mapping[str, str] | None = None) -> dict:
     parsed = [parse_label(o, labels, label_text) for o in outputs]
-    correct = [int(p == t) for p, t in zip(parsed, targets)]
-    n = len(targets)
-    per_label, f1s = {}, []
+    per_example = [{"correct": int(p == t), "invalid": int(p is None), "gold": t, "parsed": p}
+                   for p, t in zip(parsed, targets)]
+    per_label = {}
     for label in labels:
         tp = sum(1 for p, t in zip(parsed, targets) if p == label and t == label)
         fp = sum(1 for p, t in zip(parsed, targets) if p == label and t != label)
         fn = sum(1 for p, t in zip(parsed, targets) if p != label and t == label)
         support = tp + fn
-        f1 = _f1(tp, fp, fn)
         per_label[label] = {"precision": tp / (tp + fp) if tp + fp else 0.0,
-                            "recall": tp / support if support else 0.0, "f1": f1, "support": support}
-        if support or fp:
-            f1s.append(f1)
+                            "recall": tp / support if support else 0.0, "f1": _f1(tp, fp, fn), "support": support}
     columns = list(labels) + ["(invalid)"]
     matrix = [[sum(1 for p, t in zip(parsed, targets) if t == gold and (p or "(invalid)") == col)
                for col in columns] for gold in labels]
-    invalid = sum(1 for p in parsed if p is None)
-    return {
-        "metrics": {"accuracy": sum(correct) / n if n else 0.0,
-                    "macro_f1": sum(f1s) / len(f1s) if f1s else 0.0,
-                    "invalid_rate": invalid / n if n else 0.0},
-        "per_example": [{"correct": c, "parsed": p} for c, p in zip(correct, parsed)],
-        "details": {"per_label": per_label,
-                    "confusion": {"rows": list(labels), "columns": columns, "counts": matrix}},
-    }
+    return {"metrics": aggregate("classification", per_example, labels), "per_example": per_example,
+            "details": {"per_label": per_label,
+                        "confusion": {"rows": list(labels), "columns": columns, "counts": matrix}}}
 
 
 def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs: Sequence[str]) -> dict:
-    tp = fp = fn = 0
     field_hits = Counter()
     per_example = []
     for gold, out in zip(targets, outputs):
         obj = parse_json_object(out)
         pred = obj if obj is not None else {}
-        hits = {}
+        hits, tp, fp, fn = {}, 0, 0, 0
         for f in fields:
             g, p = _norm_value(gold.get(f)), _norm_value(pred.get(f))
             hits[f] = int(g == p)
@@ -154,19 +195,14 @@ def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs:
             else:
                 fp += p is not None
                 fn += g is not None
-        per_example.append({"valid_json": int(obj is not None), "fields": hits,
+        per_example.append({"valid_json": int(obj is not None), "fields": hits, "tp": tp, "fp": fp, "fn": fn,
                             "record_exact_match": int(all(hits.values())),
                             "field_accuracy": sum(hits.values()) / len(fields)})
     n = len(targets)
-    metrics = {
-        "field_f1": _f1(tp, fp, fn),
-        "field_accuracy": sum(e["field_accuracy"] for e in per_example) / n if n else 0.0,
-        "record_exact_match": sum(e["record_exact_match"] for e in per_example) / n if n else 0.0,
-        "valid_json_rate": sum(e["valid_json"] for e in per_example) / n if n else 0.0,
-    }
-    return {"metrics": metrics, "per_example": per_example,
+    micro = {k: sum(e[k] for e in per_example) for k in ("tp", "fp", "fn")}
+    return {"metrics": aggregate("extraction", per_example), "per_example": per_example,
             "details": {"per_field_exact_match": {f: field_hits[f] / n if n else 0.0 for f in fields},
-                        "micro": {"tp": tp, "fp": fp, "fn": fn}}}
+                        "micro": micro}}
 
 
 def score_generation(targets: Sequence[str | Sequence[str]], outputs: Sequence[str]) -> dict:
@@ -176,28 +212,29 @@ def score_generation(targets: Sequence[str | Sequence[str]], outputs: Sequence[s
         em = max(int(normalize_answer(out) == normalize_answer(r)) for r in refs)
         f1 = max(token_f1(out, r) for r in refs)
         per_example.append({"exact_match": em, "token_f1": f1})
-    n = len(targets)
-    return {"metrics": {k: sum(e[k] for e in per_example) / n if n else 0.0 for k in ("exact_match", "token_f1")},
-            "per_example": per_example, "details": {}}
+    return {"metrics": aggregate("generation", per_example), "per_example": per_example, "details": {}}
 
 
-def retrieval_metrics(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[str]], ks: Sequence[int] = (1, 5)) -> dict:
-    """recall@k (share of each example's gold documents in its top k, averaged) and MRR over ranked document ids
-    (repeated ids, e.g. several chunks of one document, count at their first rank)."""
-    recalls = {k: [] for k in ks}
-    reciprocal = []
+def retrieval_per_example(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[str]],
+                           ks: Sequence[int] = (1, 5)) -> list[dict]:
+    """Per example: recall@k (share of its gold documents in the top k) and the reciprocal rank of the first gold
+    document (repeated ids, e.g. several chunks of one document, count at their first rank)."""
+    out = []
     for gold_ids, ranking in zip(gold, ranked):
         docs = list(dict.fromkeys(ranking))
         gold_set = set(gold_ids)
-        for k in ks:
-            recalls[k].append(len(gold_set & set(docs[:k])) / len(gold_set))
         rank = next((i for i, d in enumerate(docs, start=1) if d in gold_set), None)
-        reciprocal.append(1 / rank if rank else 0.0)
-    n = len(reciprocal)
-    metrics = {f"recall@{k}": sum(v) / n for k, v in recalls.items()} if n else {}
-    if n:
-        metrics["mrr"] = sum(reciprocal) / n
-    return metrics
+        out.append({**{f"recall@{k}": len(gold_set & set(docs[:k])) / len(gold_set) for k in ks},
+                    "reciprocal_rank": 1 / rank if rank else 0.0})
+    return out
+
+
+def retrieval_metrics(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[str]], ks: Sequence[int] = (1, 5)) -> dict:
+    """recall@k and MRR averaged over examples (see retrieval_per_example)."""
+    records = retrieval_per_example(gold, ranked, ks)
+    if not records:
+        return {}
+    return {**{f"recall@{k}": _mean(records, f"recall@{k}") for k in ks}, "mrr": _mean(records, "reciprocal_rank")}
 
 
 def score(task_type: str, targets: Sequence[Any], outputs: Sequence[str], *, labels: Sequence[str] = (),
