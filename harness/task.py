@@ -1,6 +1,14 @@
 """Load and validate a task definition: task.yaml plus JSONL/CSV splits, into frozen objects.
 
 Every problem in the user's files is raised as a TaskError whose message names file, line and field.
+
+Data root (recipes that read a shared data set in place instead of holding their own files): a path in
+`splits:` may start with `${data_root}`, e.g. `train: ${data_root}/banking77/train.jsonl`. The root is the
+environment variable HARNESS_DATA_ROOT when it is set (relative to the working directory), otherwise task.yaml's
+`data_root:` key (relative to the task folder; the recipes in tasks/ say `../../../shared/datasets`, the
+repository's sibling `shared/datasets`). `${data_root}` is the only placeholder; a path that uses it with neither
+set, or a data file missing under the root, is a one-line error naming task.yaml, the split and the path.
+Other split paths are relative to the task folder, as before.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +33,9 @@ SPLITS = ("train", "heldout", "dev", "knowledge", "control")
 REQUIRED_SPLITS = ("train", "heldout")
 DEFAULT_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generation": "token_f1"}
 TASK_KEYS = {"name", "type", "description", "instruction", "labels", "label_text", "fields", "metric",
-             "splits", "columns", "allow_overlap"}
+             "splits", "columns", "allow_overlap", "data_root"}
+DATA_ROOT_ENV = "HARNESS_DATA_ROOT"
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
 
 @dataclass(frozen=True)
@@ -167,7 +178,12 @@ class _Spec:
         splits = raw.get("splits") or {}
         if not isinstance(splits, dict) or set(splits) - set(SPLITS):
             raise TaskError(f"must map split names ({', '.join(SPLITS)}) to files", file=path, field="splits")
+        if not all(isinstance(v, str) and v.strip() for v in splits.values()):
+            raise TaskError("each split must name a file path", file=path, field="splits")
         self.splits = dict(splits)
+        self.data_root = raw.get("data_root")
+        if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root.strip()):
+            raise TaskError("must be a folder path (relative to the task folder)", file=path, field="data_root")
         columns = raw.get("columns") or {}
         if not isinstance(columns, dict) or set(columns) - {"id", "input", "target", "doc_ids"}:
             raise TaskError("must map id / input / target / doc_ids to your file's column names", file=path,
@@ -253,11 +269,40 @@ def _load_split(spec: _Spec, split: str, path: Path, limit: int | None) -> tuple
     return tuple(examples[:limit] if limit else examples)
 
 
+def _data_root(directory: Path, spec: _Spec) -> tuple[Path, str] | None:
+    """The folder `${data_root}` stands for, and where it came from (for messages); None when not set."""
+    env = os.environ.get(DATA_ROOT_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().absolute(), DATA_ROOT_ENV
+    if spec.data_root:
+        return (directory / Path(spec.data_root.strip()).expanduser()).resolve(), "data_root in task.yaml"
+    return None
+
+
+def _split_path(directory: Path, split: str, spec: _Spec) -> tuple[Path, str]:
+    """A split file named in task.yaml, with `${data_root}` expanded; the second item explains the root."""
+    where = f"splits.{split}"
+    raw = spec.splits[split].strip()
+    names = _PLACEHOLDER.findall(raw)
+    if not names:
+        return directory / raw, ""
+    if names != ["data_root"] or not raw.startswith("${data_root}"):
+        raise TaskError(f"only a leading ${{data_root}} can be substituted, got {raw!r}", file=spec.path,
+                        field=where)
+    root = _data_root(directory, spec)
+    if root is None:
+        raise TaskError(f"{raw!r} uses ${{data_root}} but no data root is set: set {DATA_ROOT_ENV} or add data_root: "
+                        f"to task.yaml", file=spec.path, field=where)
+    rest = raw[len("${data_root}"):].lstrip("/\\")
+    return root[0] / rest, f" (${{data_root}} = {root[0]}, from {root[1]}; set {DATA_ROOT_ENV} to the folder " \
+                            f"that holds your copy of the data)"
+
+
 def _find_split_file(directory: Path, split: str, spec: _Spec) -> Path | None:
     if split in spec.splits:
-        path = directory / spec.splits[split]
+        path, hint = _split_path(directory, split, spec)
         if not path.is_file():
-            raise TaskError(f"split file not found: {path}", file=spec.path, field=f"splits.{split}")
+            raise TaskError(f"{split} split file not found: {path}{hint}", file=spec.path, field=f"splits.{split}")
         return path
     for suffix in (".jsonl", ".csv"):
         if (directory / f"{split}{suffix}").is_file():
