@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -30,12 +31,76 @@ def run(cfg: DictConfig) -> None:
         display.error(str(e))
         sys.exit(2)
     display.console.print(display.comparison_table(comparison))
-    display.console.print(f"results: {run_dir}")
+    panel = display.verdict_panel(comparison)
+    if panel:
+        display.console.print(panel)
+    report = run_dir / "report.html"
+    display.console.print(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else ""))
     if any("error" in r for r in comparison["strategies"].values()):
         sys.exit(1)
 
 
+def _report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="harness report", description="Re-make the decision and the reports of a "
+                                     "results folder from its JSON (no model is loaded).")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--cost", help="a cost model: a name in conf/cost/ or a YAML file (default: the run's)")
+    parser.add_argument("--volume", type=float, help="requests per month (overrides the cost model's)")
+    parser.add_argument("--tolerance", type=float, help="accepted difference on the primary metric")
+    args = parser.parse_args(argv)
+    from harness import report, rundata
+    from harness.results import read_json
+
+    run_json = args.run_dir / "run.json"
+    config = read_json(run_json).get("config", {}) if run_json.is_file() else {}
+    cost = config.get("cost")
+    if args.cost:
+        path = Path(args.cost) if args.cost.endswith((".yaml", ".yml")) else ROOT / "conf" / "cost" / f"{args.cost}.yaml"
+        if not path.is_file():
+            raise HarnessError(f"{path}: cost model not found")
+        cost = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    if args.volume is not None:
+        cost = {**(cost or {}), "volume_per_month": args.volume}
+    decision = dict(config.get("decision") or {})
+    if args.tolerance is not None:
+        decision["tolerance"] = args.tolerance
+    comparison = rundata.decide_run(args.run_dir, cost, decision)
+    paths = report.write_reports(args.run_dir)
+    display.console.print(display.comparison_table(comparison))
+    panel = display.verdict_panel(comparison)
+    if panel:
+        display.console.print(panel)
+    display.console.print(f"report: {paths['html']}\n        {paths['md']}")
+    return 0
+
+
+def _compare(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="harness compare", description="What changed between two runs: code, "
+                                     "model, data, settings, each arm's primary metric (paired) and the verdict.")
+    parser.add_argument("run_a", type=Path)
+    parser.add_argument("run_b", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the comparison to this file")
+    args = parser.parse_args(argv)
+    from harness.compare import compare_runs
+    from harness.results import write_json
+
+    diff = compare_runs(args.run_a, args.run_b)
+    display.console.print(display.compare_table(diff))
+    if args.json:
+        write_json(args.json, diff)
+    return 0
+
+
+SUBCOMMANDS = {"report": _report, "compare": _compare}
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:  # Hydra overrides are key=value, never a bare word
+        try:
+            sys.exit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
+        except HarnessError as e:
+            display.error(str(e))
+            sys.exit(2)
     OmegaConf.register_new_resolver("task_label", _task_label, replace=True)
     OmegaConf.register_new_resolver("harness_root", lambda: str(ROOT), replace=True)
     run()

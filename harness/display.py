@@ -5,9 +5,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from harness.verdict import money
 
 console = Console()
 if not console.is_terminal:  # logs and CI: wide enough that the comparison table is not squeezed
@@ -45,25 +49,81 @@ def _fmt(value, digits: int = 3) -> str:
 def comparison_table(comparison: dict) -> Table:
     primary = comparison["primary_metric"]
     rows = comparison["strategies"]
+    decision = comparison.get("decision") or {}
+    intervals, priced = decision.get("intervals") or {}, (decision.get("costs") or {}).get("arms") or {}
+    currency = (decision.get("costs") or {}).get("currency", "USD")
+    choice = (decision.get("verdict") or {}).get("choice")
     secondary = sorted({m for r in rows.values() for m in r.get("metrics", {})} - {primary})
     table = Table(title=f"{comparison['task']} — held-out n={comparison['heldout_n']}, primary metric: {primary}",
                   title_justify="left")
     table.add_column("strategy", style="bold")
-    table.add_column("setup", style="dim")
-    table.add_column(primary, justify="right", style="bold green")
+    table.add_column("setup", style="dim", no_wrap=True, max_width=34, overflow="ellipsis")
+    table.add_column(primary, justify="right", style="bold green", no_wrap=True)
+    table.add_column("95% CI", justify="right", no_wrap=True)
     for m in secondary:
         table.add_column(m, justify="right")
-    for col in ("n", "tokens in/ex", "tokens out/ex", "latency/ex (s)", "train (s)"):
+    for col in ("n", "tokens in/ex", "tokens out/ex", "latency/ex (s)", "train (s)", "$/1k req", "monthly"):
         table.add_column(col, justify="right")
     for name, r in rows.items():
         if "error" in r:
-            table.add_row(name, f"[red]failed: {r['error']}[/red]", *["–"] * (len(secondary) + 6))
+            table.add_row(name, f"[red]failed: {r['error']}[/red]", *["–"] * (len(secondary) + 9))
             continue
         m, u, t = r["metrics"], r["usage"], r.get("training")
         spread = r.get("metrics_seed_std", {})
         main = _fmt(m.get(primary)) + (f" ± {spread[primary]:.3f}" if primary in spread else "")
+        ci = (intervals.get(name) or {}).get(primary, {}).get("ci")
         train = "–" if not t else f"{t['wall_s']:.0f}" + (" (cached)" if t.get("cached") else "")
-        table.add_row(name, r.get("summary", ""), main, *[_fmt(m.get(s)) for s in secondary],
+        cost = priced.get(name) or {}
+        table.add_row(name + (" ✓" if name == choice else ""), r.get("summary", ""), main,
+                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–", *[_fmt(m.get(s)) for s in secondary],
                       str(r["n"]), _fmt(u["input_tokens"]["mean"], 1), _fmt(u["output_tokens"]["mean"], 1),
-                      _fmt(u["latency_s"]["mean"]), train)
+                      _fmt(u["latency_s"]["mean"]), train,
+                      money(cost.get("per_1k_requests"), currency) if cost else "–",
+                      money(cost.get("monthly_total"), currency) if cost else "–")
     return table
+
+
+def verdict_panel(comparison: dict) -> Panel | None:
+    verdict = (comparison.get("decision") or {}).get("verdict")
+    if not verdict:
+        return None
+    yes = verdict["fine_tuning_justified"]
+    parts = [Text(verdict["summary"])]
+    if verdict.get("caveats"):
+        parts.append(Text("\nCaveats:", style="bold yellow"))
+        parts.extend(Text(f"• {c}", style="yellow") for c in verdict["caveats"])
+    title = (f"[bold]Verdict: choose {verdict['choice']}[/bold] — fine-tuning "
+             f"{'[green]justified[/green]' if yes else '[red]not justified[/red]'}")
+    return Panel(Group(*parts), title=title, title_align="left", border_style="green" if yes else "red")
+
+
+def compare_table(diff: dict) -> Group:
+    head = Table.grid(padding=(0, 2))
+    head.add_row("[bold]A[/bold]", diff["a"])
+    head.add_row("[bold]B[/bold]", diff["b"])
+    for what in ("git", "model"):
+        if diff[what]["a"] != diff[what]["b"]:
+            head.add_row(what, f"{diff[what]['a']} → {diff[what]['b']}")
+    for split, h in diff["data"].items():
+        if h["a"] != h["b"]:
+            head.add_row(f"data: {split}", "changed" if h["a"] and h["b"] else ("added" if h["b"] else "removed"))
+    for s in diff["settings"][:25]:
+        head.add_row(f"setting {s['key']}", f"{s['a']!r} → {s['b']!r}")
+    if len(diff["settings"]) > 25:
+        head.add_row("", f"… {len(diff['settings']) - 25} more settings changed")
+    table = Table(title=f"{diff['primary_metric']}: B − A on the held-out ids both runs scored", title_justify="left")
+    for col in ("arm", "A", "B", "B − A", "95% CI", "test", "p", "answers changed"):
+        table.add_column(col, justify="left" if col in ("arm", "test") else "right")
+    for r in diff["arms"]:
+        if "change" not in r:
+            table.add_row(r["arm"], _fmt(r["a"]), _fmt(r["b"]), "–", "–", r.get("error_a") or r.get("error_b") or "–",
+                          "–", "–")
+            continue
+        table.add_row(r["arm"], _fmt(r["a"]), _fmt(r["b"]), f"{r['change']:+.3f}",
+                      f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]", r["test"].replace("_", " "), f"{r['p_value']:.4f}",
+                      f"{r['changed_answers']}/{r['paired_n']}")
+    va, vb = diff["verdict"]["a"], diff["verdict"]["b"]
+    verdict = Text(f"verdict A: {va.get('choice')} (fine-tuning justified: {va.get('fine_tuning_justified')})\n"
+                   f"verdict B: {vb.get('choice')} (fine-tuning justified: {vb.get('fine_tuning_justified')})",
+                   style="bold" if va.get("choice") != vb.get("choice") else "")
+    return Group(head, table, verdict)

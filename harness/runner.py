@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from harness import display, provenance, scoring
+from harness import cost, datachecks, display, forgetting, provenance, report, rundata, scoring
 from harness.errors import ConfigError, HarnessError
 from harness.results import PredictionLog, read_json, write_json
 from harness.strategy import PrepareContext
@@ -103,16 +103,18 @@ def score_strategy(task: Task, records: dict[str, dict]) -> dict:
     examples = [ex for ex in task.heldout if ex.id in records]
     result = scoring.score(task.type, [ex.target for ex in examples], [records[ex.id]["output"] for ex in examples],
                            labels=task.labels, label_text=task.label_text, fields=task.fields)
+    per_example = {ex.id: s for ex, s in zip(examples, result["per_example"])}
     metrics = dict(result["metrics"])
-    gold = [(ex, records[ex.id]["retrieved"]) for ex in examples if ex.meta.get("doc_ids") and records[ex.id].get("retrieved")]
-    if gold and all("doc_id" in hit for _, hits in gold for hit in hits):
+    gold = [(ex, records[ex.id].get("retrieved")) for ex in examples if ex.meta.get("doc_ids")]
+    if gold and len(gold) == len(examples) and all(hits and all("doc_id" in h for h in hits) for _, hits in gold):
         depth = min(len(hits) for _, hits in gold)  # recall@k only where k passages were retrieved
-        metrics.update(scoring.retrieval_metrics([list(ex.meta["doc_ids"]) for ex, _ in gold],
-                                                 [[hit["doc_id"] for hit in hits] for _, hits in gold],
-                                                 ks=tuple(k for k in (1, 3, 5, 10) if k <= depth)))
+        ks = tuple(k for k in (1, 3, 5, 10) if k <= depth)
+        for (ex, _), extra in zip(gold, scoring.retrieval_per_example(
+                [list(ex.meta["doc_ids"]) for ex, _ in gold], [[h["doc_id"] for h in hits] for _, hits in gold], ks)):
+            per_example[ex.id].update(extra)
+        metrics = scoring.aggregate(task.type, list(per_example.values()), task.labels)
     return {"primary_metric": task.metric, "n": len(examples), "metrics": metrics,
-            "details": result["details"],
-            "per_example": {ex.id: s for ex, s in zip(examples, result["per_example"])}}
+            "details": result["details"], "per_example": per_example}
 
 
 class Runner:
@@ -130,6 +132,8 @@ class Runner:
         seed = cfg.seed
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"must be a whole number, got {seed!r}", field="seed")
+        cost.load_cost_config(cfg.get("cost"))  # refused before any work, naming the field
+        rundata.settings(cfg.get("decision"), seed)
         display.status(f"task {task.name}: {task.type}, train {len(task.train)}, held-out {len(task.heldout)}")
         display.status(f"loading model {cfg.model.name_or_path}")
         lm = _instantiate(cfg.model, "the model", cache_dir=str(self.cache_dir), status=display.status)
@@ -157,6 +161,7 @@ class Runner:
         if task.overlap:
             display.status(f"[yellow]warning:[/yellow] {len(task.overlap)} held-out inputs also appear in train "
                            f"(allowed by allow_overlap)")
+        self._data_checks(task)
         results: dict[str, dict] = {}
         with display.progress() as bars:
             for name, (strategy, key, target) in arms.items():
@@ -171,11 +176,65 @@ class Runner:
                     results[name] = {"error": message}
         for name, members in replicated.items():
             results[name] = replicate_summary(results, members)
+        self._forgetting(task, lm, {name: arm[0] for name, arm in arms.items() if name in results
+                                    and "error" not in results[name]})
         comparison = {"task": task.name, "task_type": task.type, "primary_metric": task.metric,
                       "heldout_n": len(task.heldout), "run_dir": str(self.run_dir), "model": model,
+                      "labels": list(task.labels), "fields": list(task.fields),
                       "strategies": results}
         write_json(self.run_dir / "comparison.json", comparison)
+        try:  # what was measured is on disk already; the decision and report are re-made from it
+            comparison = rundata.decide_run(self.run_dir)
+            report.write_reports(self.run_dir)
+        except HarnessError as e:
+            display.error(f"decision not made: {e}")
         return comparison
+
+    def _data_checks(self, task: Task) -> dict:
+        """Overlap, label balance and personal data, before any training (data_checks.json)."""
+        path = self.run_dir / "data_checks.json"
+        if path.exists() and read_json(path).get("data_hashes") == dict(task.data_hashes):
+            return read_json(path)
+        checks = self.cfg.get("checks") or {}
+        encode = None
+        if checks.get("near_duplicates", True):
+            retriever = _instantiate(checks.retriever, "the near-duplicate embedder")
+            encode = retriever.encode
+        display.status("data checks: overlap with train/knowledge, label balance, personal data")
+        result = {"data_hashes": dict(task.data_hashes),
+                  **datachecks.run_checks(task, encode, float(checks.get("near_threshold", 0.95)))}
+        write_json(path, result)
+        for split, found in result["overlap"].items():
+            if found["exact"] or found["near"]:
+                display.status(f"[yellow]warning:[/yellow] {len(found['exact'])} held-out input(s) identical and "
+                               f"{len(found['near'])} nearly identical to {split} examples")
+        if result["pii"]["examples"]:
+            display.status(f"[yellow]warning:[/yellow] {len(result['pii']['examples'])} training example(s) contain "
+                           f"personal-data patterns ({result['pii']['counts']}); ids in data_checks.json")
+        return result
+
+    def _forgetting(self, task: Task, base, strategies: dict) -> None:
+        """Base model vs each fine-tuned model (`strategy.tuned_lm`) on the control set (control.json)."""
+        tuned = {name: s.tuned_lm for name, s in strategies.items() if getattr(s, "tuned_lm", None) is not None}
+        settings = self.cfg.get("forgetting") or {}
+        control = forgetting.load_control(task, str(settings.get("control", "auto")),
+                                          _positive_or_none(settings.get("limit"), "forgetting.limit"))
+        if not tuned or control is None:
+            return
+        path = self.run_dir / "control.json"
+        done = read_json(path) if path.exists() else {}
+        if done.get("ids") != list(control.ids):
+            done = {"name": control.name, "ids": list(control.ids), "arms": {}}
+        todo = [name for name in tuned if name not in done["arms"]]
+        if not todo:
+            return
+        display.status(f"forgetting check: base and {len(todo)} fine-tuned model(s) on the {control.name} "
+                       f"({len(control.ids)} items)")
+        if "base" not in done:
+            done["base"] = control.score(base)
+        for name in todo:
+            done["arms"][name] = control.score(tuned[name])
+            write_json(path, done)
 
     def _expand(self, names: list[str]):
         """(arm name, config, extra kwargs) per arm; an arm with `seeds: [..]` becomes one replicate per seed."""
@@ -224,7 +283,8 @@ class Runner:
         if training:  # the measured cost of training, also when this run reused the cached adapter
             training = {**{k: training.get(k) for k in ("wall_s", "tokens_seen", "tokens_per_s", "peak_memory_mb",
                                                          "peak_memory_kind", "device", "autocast",
-                                                         "trainable_parameters")},
+                                                         "trainable_parameters", "train_examples",
+                                                         "dev_examples", "best_epoch", "history")},
                         "cached": report.get("cached", False)}
         return {"summary": report.get("summary", ""), "metrics": metrics["metrics"], "n": metrics["n"],
                 "prepare_s": prepare_s, "training": training, "usage": usage, "model": model}

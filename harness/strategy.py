@@ -40,7 +40,8 @@ class PrepareContext:
 
 class Strategy(Protocol):
     """Built by Hydra from `conf/strategies/NAME.yaml` (`_target_`) with `name=<arm name>` added, so messages and
-    config errors can name the arm."""
+    config errors can name the arm. An arm that changes the model's weights also exposes `tuned_lm` (the LM it
+    predicts with after prepare), which the forgetting check scores on a control set."""
 
     def prepare(self, ctx: PrepareContext) -> dict:
         """Build what predictions need (demos, index, adapter); return a JSON-able report (prepare.json)."""

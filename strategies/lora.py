@@ -166,6 +166,11 @@ class LoRA:
             return result["metrics"][self.task.metric]
         return metric
 
+    @property
+    def tuned_lm(self):
+        """The fine-tuned model this arm predicts with (the forgetting check scores it on a control set)."""
+        return getattr(self, "lm", None)
+
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.decode,
                                        max_new_tokens=self.max_new_tokens)

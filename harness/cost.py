@@ -1,0 +1,129 @@
+"""Cost model: measured usage (throughput, tokens, training time) × the prices in conf/cost/*.yaml → $ per 1k
+requests, one-off and recurring costs, monthly totals and the break-even volume of fine-tuning. Pure.
+
+Self-hosted serving is priced as hourly price × measured time per request (the run's batched throughput on the
+machine that produced it). A fine-tuned arm also pays its measured training time (one-off, and again at every
+retraining), labelling of its training examples, and a monthly upkeep (versioning, evaluation, data governance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from harness.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    currency: str
+    volume_per_month: float
+    horizon_months: float
+    price_per_hour: float
+    train_price_per_hour: float
+    hardware: str
+    retrain_every_months: float | None
+    upkeep_per_month: float
+    labelling_cost_per_example: float
+    reference_api: Mapping[str, Any] | None
+    example: bool
+
+
+def _number(raw: Mapping, key: str, field: str, *, positive: bool = False, optional: bool = False) -> float | None:
+    value = raw.get(key)
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
+        kind = "a positive number" if positive else "a number ≥ 0"
+        raise ConfigError(f"must be {kind}, got {value!r}", field=field)
+    return float(value)
+
+
+def load_cost_config(raw: Mapping | None) -> CostConfig:
+    """Validate the `cost` config node; errors name the field (cost.self_hosted.price_per_hour, …)."""
+    if not raw:
+        raise ConfigError("no cost model configured (cost=example, or a file in conf/cost/)", field="cost")
+    hosted, ft = raw.get("self_hosted") or {}, raw.get("fine_tuning") or {}
+    price = _number(hosted, "price_per_hour", "cost.self_hosted.price_per_hour")
+    train_price = _number(hosted, "train_price_per_hour", "cost.self_hosted.train_price_per_hour", optional=True)
+    api = raw.get("reference_api")
+    if api:
+        for key in ("input_per_1m", "output_per_1m"):
+            _number(api, key, f"cost.reference_api.{key}")
+        if not api.get("prompts_of"):
+            raise ConfigError("must name the arm whose prompts the reference model is priced on",
+                              field="cost.reference_api.prompts_of")
+    retrain = _number(ft, "retrain_every_months", "cost.fine_tuning.retrain_every_months", optional=True)
+    return CostConfig(currency=str(raw.get("currency", "USD")),
+                      volume_per_month=_number(raw, "volume_per_month", "cost.volume_per_month"),
+                      horizon_months=_number(raw, "horizon_months", "cost.horizon_months", positive=True),
+                      price_per_hour=price, train_price_per_hour=price if train_price is None else train_price,
+                      hardware=str(hosted.get("hardware", "")),
+                      retrain_every_months=retrain or None,
+                      upkeep_per_month=_number(ft, "upkeep_per_month", "cost.fine_tuning.upkeep_per_month") or 0.0,
+                      labelling_cost_per_example=_number(ft, "labelling_cost_per_example",
+                                                         "cost.fine_tuning.labelling_cost_per_example") or 0.0,
+                      reference_api=dict(api) if api else None, example=bool(raw.get("example", False)))
+
+
+def arm_cost(arm: Mapping, cfg: CostConfig) -> dict:
+    """Costs of one arm from its recorded result (usage, training, prepare_s, train_examples)."""
+    usage = arm["usage"]
+    seconds_per_request = 1 / usage["examples_per_s"] if usage.get("examples_per_s") else None
+    per_1k = None if seconds_per_request is None else cfg.price_per_hour * seconds_per_request * 1000 / 3600
+    training = arm.get("training")
+    fine_tuned = bool(training)
+    train_compute = (training["wall_s"] / 3600 * cfg.train_price_per_hour) if fine_tuned else 0.0
+    setup_compute = (arm.get("prepare_s") or 0.0) / 3600 * cfg.price_per_hour if not fine_tuned else 0.0
+    labelled = (training.get("train_examples") or 0) + (training.get("dev_examples") or 0) if fine_tuned else 0
+    labelling = cfg.labelling_cost_per_example * labelled
+    one_off = train_compute + setup_compute + labelling
+    recurring = 0.0
+    if fine_tuned:
+        recurring = cfg.upkeep_per_month + (train_compute / cfg.retrain_every_months if cfg.retrain_every_months else 0.0)
+    result = {"fine_tuned": fine_tuned, "seconds_per_request": seconds_per_request, "per_1k_requests": per_1k,
+              "one_off": one_off, "one_off_parts": {"training_compute": train_compute, "setup_compute": setup_compute,
+                                                    "labelling": labelling},
+              "recurring_per_month": recurring}
+    result["monthly_total"] = monthly_total(result, cfg.volume_per_month, cfg.horizon_months)
+    return result
+
+
+def monthly_total(cost: Mapping, volume: float, horizon_months: float) -> float | None:
+    """Serving at `volume` requests/month + recurring + the one-off spread over the horizon."""
+    if cost["per_1k_requests"] is None:
+        return None
+    return volume / 1000 * cost["per_1k_requests"] + cost["recurring_per_month"] + cost["one_off"] / horizon_months
+
+
+def break_even(tuned: Mapping, other: Mapping, horizon_months: float) -> dict:
+    """Monthly volume above which the fine-tuned arm costs less per month than `other` (its one-off spread over
+    the horizon, its recurring costs counted), and the payback time of its one-off cost at that comparison."""
+    fixed_tuned = tuned["recurring_per_month"] + tuned["one_off"] / horizon_months
+    fixed_other = other["recurring_per_month"] + other["one_off"] / horizon_months
+    if tuned["per_1k_requests"] is None or other["per_1k_requests"] is None:
+        return {"requests_per_month": None, "reason": "throughput not measured"}
+    saving_per_1k = other["per_1k_requests"] - tuned["per_1k_requests"]
+    if saving_per_1k <= 0:
+        reason = "costs at least as much per request: never pays back"
+        if saving_per_1k < 0 and fixed_tuned < fixed_other:
+            below = (fixed_other - fixed_tuned) / -saving_per_1k * 1000
+            reason += f" (cheaper only below {below:,.0f} requests/month)"
+        elif fixed_tuned <= fixed_other:
+            return {"requests_per_month": 0.0, "saving_per_1k_requests": 0.0, "reason": "never costs more"}
+        return {"requests_per_month": None, "saving_per_1k_requests": saving_per_1k, "reason": reason}
+    volume = max(0.0, (fixed_tuned - fixed_other) / saving_per_1k * 1000)
+    return {"requests_per_month": volume, "saving_per_1k_requests": saving_per_1k,
+            "reason": "cheaper at any volume" if volume == 0 else "pays back above this volume"}
+
+def reference_api_cost(arm: Mapping, cfg: CostConfig) -> dict | None:
+    """What the named arm's prompts (its measured mean input/output tokens) would cost on the reference API."""
+    api = cfg.reference_api
+    if not api or "usage" not in arm:
+        return None
+    tokens_in, tokens_out = arm["usage"]["input_tokens"]["mean"] or 0.0, arm["usage"]["output_tokens"]["mean"] or 0.0
+    per_1k = 1000 * (tokens_in * api["input_per_1m"] + tokens_out * api["output_per_1m"]) / 1e6
+    cost = {"per_1k_requests": per_1k, "one_off": 0.0, "recurring_per_month": 0.0}
+    return {"name": api["name"], "prompts_of": api["prompts_of"], "input_tokens": tokens_in,
+            "output_tokens": tokens_out, **cost,
+            "monthly_total": monthly_total(cost, cfg.volume_per_month, cfg.horizon_months)}

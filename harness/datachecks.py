@@ -1,0 +1,126 @@
+"""Data checks run before any training: held-out inputs that also occur (exactly or nearly) in train or the
+knowledge corpus, label balance, and personal-data patterns in training data. Pure: texts and vectors in, a
+JSON-able report out. PII is reported as counts and example ids, never the matched values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from harness.task import Task, normalize_text
+
+PII_PATTERNS = {
+    "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"),
+    "phone": re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,5}\)[\s.-]?)?\d{2,5}(?:[\s.-]\d{2,5}){1,4}(?![\w])"),
+    "card_number": re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)"),
+    "iban": re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
+    "sort_code": re.compile(r"(?<![\d-])\d{2}-\d{2}-\d{2}(?![\d-])"),
+}
+
+
+def _luhn(digits: str) -> bool:
+    total, parity = 0, len(digits) % 2
+    for i, ch in enumerate(digits):
+        d = int(ch)
+        if i % 2 == parity:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def pii_kinds(text: str) -> Counter:
+    """How many matches of each personal-data pattern a text holds (card numbers must pass the Luhn check;
+    phone numbers need at least 9 digits, so dates, amounts and order numbers rarely count)."""
+    found, taken = Counter(), []
+    for m in PII_PATTERNS["card_number"].finditer(text):
+        digits = re.sub(r"\D", "", m.group())
+        if 13 <= len(digits) <= 19 and _luhn(digits):
+            found["card_number"] += 1
+            taken.append(m.span())
+    for kind in ("email", "iban", "sort_code"):
+        for m in PII_PATTERNS[kind].finditer(text):
+            found[kind] += 1
+            taken.append(m.span())
+    for m in PII_PATTERNS["phone"].finditer(text):
+        digits = re.sub(r"\D", "", m.group())
+        inside = any(s < m.end() and m.start() < e for s, e in taken)
+        if 9 <= len(digits) <= 15 and not inside:
+            found["phone"] += 1
+    return +found
+
+
+def _texts(ex) -> str:
+    target = ex.target
+    if isinstance(target, Mapping):
+        target = " ".join(str(v) for v in target.values() if v is not None)
+    elif isinstance(target, (tuple, list)):
+        target = " ".join(target)
+    return f"{ex.input}\n{target or ''}"
+
+
+def pii_scan(examples: Sequence) -> dict:
+    counts, hits = Counter(), []
+    for ex in examples:
+        kinds = pii_kinds(_texts(ex))
+        if kinds:
+            counts.update(kinds)
+            hits.append({"id": ex.id, "kinds": sorted(kinds)})
+    return {"counts": dict(sorted(counts.items())), "examples": hits}
+
+
+def exact_overlap(heldout: Sequence[tuple[str, str]], other: Sequence[tuple[str, str]]) -> list[dict]:
+    seen = {}
+    for oid, text in other:
+        seen.setdefault(normalize_text(text), oid)
+    return [{"heldout": hid, "other": seen[normalize_text(text)]} for hid, text in heldout
+            if normalize_text(text) in seen]
+
+
+def near_duplicates(heldout_ids: Sequence[str], heldout_vecs: np.ndarray, other_ids: Sequence[str],
+                    other_vecs: np.ndarray, threshold: float, skip: set[str] = frozenset(),
+                    block: int = 1024) -> list[dict]:
+    """Held-out examples whose nearest `other` example has cosine ≥ threshold (vectors L2-normalised)."""
+    found = []
+    for start in range(0, len(heldout_ids), block):
+        sims = heldout_vecs[start:start + block] @ other_vecs.T
+        best = sims.argmax(axis=1)
+        for row, col in enumerate(best):
+            hid = heldout_ids[start + row]
+            if sims[row, col] >= threshold and hid not in skip:
+                found.append({"heldout": hid, "other": other_ids[col], "cosine": round(float(sims[row, col]), 4)})
+    return found
+
+
+def label_balance(task: Task) -> dict | None:
+    if task.type != "classification":
+        return None
+    train, held = Counter(ex.target for ex in task.train), Counter(ex.target for ex in task.heldout)
+    present = [train[label] for label in task.labels if train[label]]
+    return {"train": {label: train[label] for label in task.labels},
+            "heldout": {label: held[label] for label in task.labels},
+            "missing_from_train": [label for label in task.labels if not train[label]],
+            "imbalance_ratio": max(present) / min(present) if present else None}
+
+
+def run_checks(task: Task, encode: Callable[[Sequence[str]], np.ndarray] | None, threshold: float) -> dict:
+    """All checks; `encode` (texts → normalised vectors) enables the near-duplicate check."""
+    heldout = [(ex.id, ex.input) for ex in task.heldout]
+    others = {"train": [(ex.id, ex.input) for ex in task.train]}
+    if task.split("knowledge"):
+        others["knowledge"] = [(ex.id, ex.input) for ex in task.split("knowledge")]
+    overlap = {}
+    held_vecs = encode([t for _, t in heldout]) if encode else None
+    for split, items in others.items():
+        exact = exact_overlap(heldout, items)
+        near = []
+        if encode:
+            near = near_duplicates([i for i, _ in heldout], held_vecs, [i for i, _ in items],
+                                   encode([t for _, t in items]), threshold, skip={e["heldout"] for e in exact})
+        overlap[split] = {"exact": exact, "near": near}
+    training = list(task.train) + list(task.split("dev"))
+    return {"near_threshold": threshold if encode else None, "overlap": overlap, "label_balance": label_balance(task),
+            "pii": pii_scan(training), "train_examples": len(training)}

@@ -1,0 +1,155 @@
+"""The decision: a pure function of recorded results, the cost model and the decision settings.
+
+decide(evidence, cost, settings) → intervals for every metric of every arm, Holm-corrected paired tests on the
+primary metric, the held-out set's detectable difference, costs and break-even, the forgetting check, and the
+verdict. The rule (README, "How the verdict is reached"): among the arms not significantly worse than the best on
+the primary metric, or within `tolerance` of it, choose the cheapest at the configured monthly volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from harness import cost as costs
+from harness import stats, uncertainty
+from harness.verdict import write_verdict
+
+
+@dataclass(frozen=True)
+class Settings:
+    alpha: float = 0.05
+    tolerance: float = 0.0
+    meaningful_difference: float = 0.03
+    power: float = 0.8
+    resamples: int = 2000
+    confidence: float = 0.95
+    few_train_examples: int = 100
+    forgetting_drop: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class Evidence:
+    """What a run recorded, read from its folder (harness.rundata) or built by hand in tests."""
+
+    task_type: str
+    primary: str
+    labels: Sequence[str]
+    arms: Mapping[str, Mapping]                       # comparison.json "strategies": arm name → recorded result
+    records: Mapping[str, Sequence[Mapping]]          # arm (or replicate) name → per-example records, held-out order
+    data_checks: Mapping[str, Any] = field(default_factory=dict)
+    control: Mapping[str, Any] = field(default_factory=dict)   # {"name", "base": [0/1…], "arms": {arm: [0/1…]}}
+
+
+def _arm_samples(ev: Evidence, arm: str, idx: np.ndarray) -> dict[str, np.ndarray]:
+    members = ev.arms[arm].get("replicates") or [arm]
+    runs = [uncertainty.metric_samples(ev.task_type, ev.records[m], idx, ev.labels) for m in members if m in ev.records]
+    return {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
+
+
+def _primary_values(ev: Evidence, arm: str) -> np.ndarray | None:
+    members = [m for m in (ev.arms[arm].get("replicates") or [arm]) if m in ev.records]
+    values = [uncertainty.per_example_values(ev.records[m], ev.primary) for m in members]
+    return None if values[0] is None else np.mean(values, axis=0)
+
+
+def intervals(ev: Evidence, names: Sequence[str], idx: np.ndarray, s: Settings) -> dict:
+    out = {}
+    for arm in names:
+        samples = _arm_samples(ev, arm, idx)
+        out[arm] = {m: {"value": ev.arms[arm]["metrics"].get(m),
+                        "ci": list(stats.percentile_interval(v, s.confidence))} for m, v in samples.items()}
+    return out
+
+
+def paired_tests(ev: Evidence, names: Sequence[str], idx: np.ndarray, s: Settings) -> list[dict]:
+    """Every pair of arms on the primary metric: exact McNemar when both arms' per-example scores are 0/1, a paired
+    bootstrap otherwise; p-values Holm-corrected across all pairs."""
+    samples = {a: _arm_samples(ev, a, idx)[ev.primary] for a in names}
+    tests = []
+    for a, b in combinations(names, 2):
+        diff = ev.arms[a]["metrics"][ev.primary] - ev.arms[b]["metrics"][ev.primary]
+        boot = stats.paired_bootstrap(samples[a], samples[b], diff, s.confidence)
+        va, vb = _primary_values(ev, a), _primary_values(ev, b)
+        binary = va is not None and vb is not None and set(np.unique(va)) | set(np.unique(vb)) <= {0.0, 1.0}
+        test = stats.mcnemar_exact(va, vb) if binary else {"test": "paired_bootstrap", "p_value": boot["p_value"]}
+        tests.append({"a": a, "b": b, "difference": diff, "ci": boot["ci"], **test,
+                      "detectable_difference": stats.detectable_difference(boot["se"], s.alpha, s.power)})
+    for t, p in zip(tests, stats.holm([t["p_value"] for t in tests])):
+        t["p_holm"] = p
+        t["significant"] = p < s.alpha
+    return tests
+
+
+def _pair(tests: Sequence[dict], a: str, b: str) -> dict | None:
+    for t in tests:
+        if {t["a"], t["b"]} == {a, b}:
+            return t if t["a"] == a else {**t, "a": a, "b": b, "difference": -t["difference"],
+                                          "ci": [-t["ci"][1], -t["ci"][0]]}
+    return None
+
+
+def forgetting(ev: Evidence, s: Settings) -> dict | None:
+    control = ev.control
+    if not control or not control.get("arms"):
+        return None
+    base = np.asarray(control["base"], dtype=float)
+    idx = stats.bootstrap_indices(len(base), s.resamples, s.seed + 1)
+    out = {"control_set": control.get("name"), "n": len(base), "base_accuracy": float(base.mean()), "arms": {}}
+    for arm, values in control["arms"].items():
+        values = np.asarray(values, dtype=float)
+        change = float(values.mean() - base.mean())
+        boot = stats.paired_bootstrap(values[idx].mean(axis=1), base[idx].mean(axis=1), change, s.confidence)
+        out["arms"][arm] = {"accuracy": float(values.mean()), "change": change, "ci": boot["ci"],
+                            **stats.mcnemar_exact(values.astype(int), base.astype(int))}
+    return out
+
+
+def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
+    names = [a for a, r in ev.arms.items() if "error" not in r and "@seed" not in a]
+    if not names:
+        return {"verdict": {"choice": None, "fine_tuning_justified": False,
+                            "summary": "No arm finished, so there is nothing to decide.", "reasons": [],
+                            "caveats": []}}
+    n = len(ev.records[(ev.arms[names[0]].get("replicates") or [names[0]])[0]])
+    idx = stats.bootstrap_indices(n, s.resamples, s.seed)
+    ci = intervals(ev, names, idx, s)
+    tests = paired_tests(ev, names, idx, s) if len(names) > 1 else []
+    priced = {a: costs.arm_cost(ev.arms[a], cost_cfg) for a in names}
+    score = {a: ev.arms[a]["metrics"][ev.primary] for a in names}
+    best = max(names, key=lambda a: (score[a], -(priced[a]["monthly_total"] or float("inf"))))
+    eligible = []
+    for a in names:
+        t = _pair(tests, best, a)
+        if a == best or not t["significant"] or score[best] - score[a] <= s.tolerance:
+            eligible.append(a)
+    choice = min(eligible, key=lambda a: (priced[a]["monthly_total"] if priced[a]["monthly_total"] is not None
+                                          else float("inf"), -score[a]))
+    tuned = [a for a in names if priced[a]["fine_tuned"]]
+    plain = [a for a in names if not priced[a]["fine_tuned"]]
+    best_plain = max(plain, key=lambda a: score[a]) if plain else None
+    breakeven = {a: {"against": best_plain, **costs.break_even(priced[a], priced[best_plain], cost_cfg.horizon_months)}
+                 for a in tuned} if best_plain else {}
+    reference = None
+    if cost_cfg.reference_api and cost_cfg.reference_api["prompts_of"] in ev.arms:
+        reference = costs.reference_api_cost(ev.arms[cost_cfg.reference_api["prompts_of"]], cost_cfg)
+    detectable = [t["detectable_difference"] for t in tests if best in (t["a"], t["b"])]
+    power = {"n": n, "alpha": s.alpha, "power": s.power,
+             "detectable_difference": float(np.median(detectable)) if detectable else
+             stats.worst_case_detectable(n, s.alpha, s.power),
+             "worst_case": stats.worst_case_detectable(n, s.alpha, s.power)}
+    forgot = forgetting(ev, s)
+    verdict = write_verdict(ev=ev, s=s, cost_cfg=cost_cfg, names=names, score=score, ci=ci, tests=tests,
+                            priced=priced, best=best, eligible=eligible, choice=choice, tuned=tuned,
+                            best_plain=best_plain, breakeven=breakeven, power=power, forgetting=forgot,
+                            reference=reference)
+    return {"settings": s.__dict__, "intervals": ci, "paired_tests": tests, "power": power,
+            "best": best, "eligible": eligible,
+            "costs": {"currency": cost_cfg.currency, "volume_per_month": cost_cfg.volume_per_month,
+                      "horizon_months": cost_cfg.horizon_months, "hardware": cost_cfg.hardware,
+                      "prices_are_examples": cost_cfg.example, "arms": priced, "reference_api": reference},
+            "break_even": breakeven, "forgetting": forgot, "verdict": verdict}

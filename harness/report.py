@@ -1,0 +1,112 @@
+"""report.md and a self-contained report.html (figures embedded), re-rendered from a results folder's JSON.
+
+`harness report RUN_DIR` calls `write_reports`; so does the end of every run. Nothing here loads a model.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any, Mapping
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from harness import plots
+from harness.results import read_json
+from harness.verdict import money
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+
+def _optional(path: Path) -> Any:
+    return read_json(path) if path.exists() else None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _rows(comparison: Mapping) -> list[dict]:
+    decision = comparison.get("decision") or {}
+    primary, ci = comparison["primary_metric"], decision.get("intervals") or {}
+    priced = (decision.get("costs") or {}).get("arms") or {}
+    currency = (decision.get("costs") or {}).get("currency", "USD")
+    rows = []
+    for arm, r in comparison["strategies"].items():
+        if "@seed" in arm:
+            continue
+        if "error" in r:
+            rows.append({"arm": arm, "error": r["error"]})
+            continue
+        interval = (ci.get(arm) or {}).get(primary, {}).get("ci")
+        spread = (r.get("metrics_seed_std") or {}).get(primary)
+        p, t, u = priced.get(arm) or {}, r.get("training") or {}, r["usage"]
+        rows.append({
+            "arm": arm, "summary": r.get("summary", ""), "model": (r.get("model") or {}).get("name_or_path", ""),
+            "primary": _fmt(r["metrics"].get(primary)), "ci": f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "",
+            "spread": f"± {spread:.3f} over seeds" if spread else "",
+            "others": {m: _fmt(v) for m, v in r["metrics"].items() if m != primary},
+            "per_1k": money(p.get("per_1k_requests"), currency), "monthly": money(p.get("monthly_total"), currency),
+            "one_off": money(p.get("one_off"), currency) if p else "–",
+            "train_s": f"{t['wall_s']:.0f}" + (" (cached)" if t.get("cached") else "") if t else "–",
+            "tokens_in": _fmt(u["input_tokens"]["mean"], 1), "tokens_out": _fmt(u["output_tokens"]["mean"], 1),
+            "latency": _fmt(u["latency_s"]["mean"]),
+            "memory": f"{t['peak_memory_mb'] / 1024:.1f} GB" if t.get("peak_memory_mb") else "–",
+            "chosen": arm == (decision.get("verdict") or {}).get("choice"), "fine_tuned": bool(t)})
+    return rows
+
+
+def build_view(run_dir: Path) -> dict:
+    """Everything the templates show, from the folder's JSON; figures as PNG bytes keyed by file name."""
+    run_dir = Path(run_dir)
+    comparison = read_json(run_dir / "comparison.json")
+    run = _optional(run_dir / "run.json") or {}
+    decision = comparison.get("decision") or {}
+    arms = [a for a, r in comparison["strategies"].items() if "error" not in r and not r.get("replicates")]
+    details = {a: (_optional(run_dir / a / "metrics.json") or {}).get("details", {}) for a in arms}
+    prepared = {a: (_optional(run_dir / a / "prepare.json") or {}).get("report", {}) for a in arms}
+    figures: dict[str, bytes] = {}
+
+    def add(name: str, png: bytes | None) -> None:
+        if png:
+            figures[name] = png
+
+    add("pareto.png", plots.pareto(comparison))
+    choice = (decision.get("verdict") or {}).get("choice")
+    shown = [a for a in dict.fromkeys([choice, decision.get("best")]) if a in details]
+    for arm in shown:
+        add(f"confusion_{arm}.png", plots.confusion(details[arm], arm))
+    if comparison["task_type"] == "classification":
+        add("per_label.png", plots.per_label({a: {k: v["f1"] for k, v in d.get("per_label", {}).items()}
+                                              for a, d in details.items()}, "F1 per label"))
+    elif comparison["task_type"] == "extraction":
+        add("per_field.png", plots.per_label({a: d.get("per_field_exact_match", {}) for a, d in details.items()},
+                                             "exact match per field"))
+    histories = {a: (p.get("training") or {}).get("history") for a, p in prepared.items()}
+    add("training_curves.png", plots.training_curves(histories))
+    primary = comparison["primary_metric"]
+    others = sorted({m for r in comparison["strategies"].values() for m in r.get("metrics", {})} - {primary})
+    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision, "v": decision.get("verdict"), "rows": _rows(comparison),
+            "others": others, "primary": primary, "figures": figures, "checks": _optional(run_dir / "data_checks.json"),
+            "prepared": prepared, "money": money, "fmt": _fmt,
+            "currency": (decision.get("costs") or {}).get("currency", "USD")}
+
+
+def write_reports(run_dir: Path) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    view = build_view(run_dir)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    for name, png in view["figures"].items():
+        (run_dir / name).write_bytes(png)
+    md = env.get_template("report.md.j2").render(**view, images={n: n for n in view["figures"]})
+    html = env.get_template("report.html.j2").render(
+        **view, images={n: "data:image/png;base64," + base64.b64encode(p).decode() for n, p in view["figures"].items()})
+    out = {"md": run_dir / "report.md", "html": run_dir / "report.html"}
+    out["md"].write_text(md, encoding="utf-8")
+    out["html"].write_text(html, encoding="utf-8")
+    return out

@@ -1,0 +1,75 @@
+"""Read a results folder back: the evidence the decision needs, and the decision re-made from recorded JSON
+(`harness report RUN_DIR` and the end of every run go through here). No model code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from harness import cost as costs
+from harness import decide
+from harness.errors import ConfigError, HarnessError
+from harness.results import read_json, write_json
+
+
+def _read(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except FileNotFoundError:
+        raise HarnessError(f"{path}: not found (is this a results folder of a finished run?)") from None
+    except ValueError as e:
+        raise HarnessError(f"{path}: not valid JSON ({e})") from None
+
+
+def evidence(run_dir: Path, comparison: Mapping) -> decide.Evidence:
+    arms = comparison["strategies"]
+    records: dict[str, list] = {}
+    order = None
+    for name, result in arms.items():
+        if "error" in result or result.get("replicates"):
+            continue
+        per_example = _read(run_dir / name / "metrics.json")["per_example"]
+        order = order or list(per_example)
+        missing = [i for i in order if i not in per_example]
+        if missing:
+            raise HarnessError(f"{run_dir / name / 'metrics.json'}: no score for held-out id {missing[0]!r}; arms "
+                               f"can only be paired on the same ids")
+        records[name] = [per_example[i] for i in order]
+    checks = run_dir / "data_checks.json"
+    control = run_dir / "control.json"
+    return decide.Evidence(task_type=comparison["task_type"], primary=comparison["primary_metric"],
+                           labels=comparison.get("labels", []), arms=arms, records=records,
+                           data_checks=read_json(checks) if checks.exists() else {},
+                           control=read_json(control) if control.exists() else {})
+
+
+def settings(raw: Mapping | None, seed: int) -> decide.Settings:
+    raw = dict(raw or {})
+    known = set(decide.Settings.__dataclass_fields__) - {"seed"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})",
+                          field=f"decision.{unknown[0]}")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"must be a number ≥ 0, got {value!r}", field=f"decision.{key}")
+    if not 0 < raw.get("alpha", 0.05) < 1 or not 0 < raw.get("confidence", 0.95) < 1:
+        raise ConfigError("alpha and confidence must lie between 0 and 1", field="decision")
+    if raw.get("resamples", 2000) < 100:
+        raise ConfigError("use at least 100 bootstrap resamples (1000 or more for reporting)",
+                          field="decision.resamples")
+    raw["resamples"] = int(raw.get("resamples", 2000))
+    return decide.Settings(**raw, seed=seed)
+
+
+def decide_run(run_dir: Path, cost_raw: Mapping | None = None, decision_raw: Mapping | None = None) -> dict:
+    """Re-make the decision of a results folder from its JSON and write it into comparison.json. Cost and decision
+    settings default to those the run recorded in run.json."""
+    run_dir = Path(run_dir)
+    comparison = _read(run_dir / "comparison.json")
+    config = _read(run_dir / "run.json").get("config", {})
+    cost_cfg = costs.load_cost_config(cost_raw if cost_raw is not None else config.get("cost"))
+    s = settings(decision_raw if decision_raw is not None else config.get("decision"), int(config.get("seed", 0)))
+    comparison["decision"] = decide.decide(evidence(run_dir, comparison), cost_cfg, s)
+    write_json(run_dir / "comparison.json", comparison)
+    return comparison

@@ -1,0 +1,106 @@
+"""The decision and reports of a real (tiny-model) run: comparison.json contents, report.md / report.html, and
+`harness report` / `harness compare` re-rendering from the stored JSON without a model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run_harness
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "run"
+    r = run_harness("task=tiny", f"results_dir={out}", "strategies=[zero_shot,prompt_only,lora]",
+                    "strategies.prompt_only.shots=2", "strategies.lora.epochs=2", "strategies.lora.dev_fraction=0.2",
+                    "forgetting.limit=12", "decision.resamples=500",
+                    f"cache_dir={tmp_path_factory.mktemp('cache')}", "model=hf", f"model.name_or_path={tiny_model}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Verdict: choose" in r.stdout and "report:" in r.stdout
+    return out
+
+
+def test_comparison_carries_intervals_tests_costs_and_the_verdict(run_dir):
+    c = json.loads((run_dir / "comparison.json").read_text())
+    d = c["decision"]
+    for arm in ("zero_shot", "prompt_only", "lora"):
+        metrics = c["strategies"][arm]["metrics"]
+        assert set(d["intervals"][arm]) == set(metrics)
+        for m, ci in d["intervals"][arm].items():
+            assert ci["ci"][0] - 1e-9 <= metrics[m] <= ci["ci"][1] + 1e-9
+        assert d["costs"]["arms"][arm]["per_1k_requests"] > 0
+    assert len(d["paired_tests"]) == 3 and all("p_holm" in t for t in d["paired_tests"])
+    assert d["costs"]["arms"]["lora"]["fine_tuned"] and d["break_even"]["lora"]["against"] in ("zero_shot", "prompt_only")
+    assert set(d["verdict"]) == {"choice", "fine_tuning_justified", "summary", "reasons", "caveats"}
+    assert any("Held-out set too small" in c for c in d["verdict"]["caveats"])  # 12 held-out examples
+    forgot = d["forgetting"]
+    assert forgot["n"] == 12 and set(forgot["arms"]) == {"lora"}
+    assert json.loads((run_dir / "control.json").read_text())["ids"][0] == "gc-001"
+    checks = json.loads((run_dir / "data_checks.json").read_text())
+    assert set(checks["overlap"]) == {"train"} and checks["label_balance"]["imbalance_ratio"] >= 1
+
+
+def test_reports_are_self_contained_and_verdict_first(run_dir):
+    html = (run_dir / "report.html").read_text()
+    verdict = json.loads((run_dir / "comparison.json").read_text())["decision"]["verdict"]
+    assert html.index("Choose: " + verdict["choice"]) < html.index("Arms on the same held-out set")
+    assert "data:image/png;base64," in html and 'src="http' not in html and "<script" not in html
+    md = (run_dir / "report.md").read_text()
+    assert md.startswith("# tiny") and "![accuracy against cost](pareto.png)" in md
+    assert (run_dir / "pareto.png").stat().st_size > 1000 and (run_dir / "training_curves.png").exists()
+
+
+def test_harness_report_re_renders_from_json_with_another_volume(run_dir, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    for name in ("report.html", "report.md", "pareto.png"):
+        (copy / name).unlink()
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(copy), "--volume", "5000000"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (copy / "report.html").exists() and (copy / "pareto.png").exists()
+    c = json.loads((copy / "comparison.json").read_text())
+    assert c["decision"]["costs"]["volume_per_month"] == 5_000_000
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(tmp_path / "missing")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "comparison.json: not found" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_harness_compare_pairs_the_same_ids(run_dir, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(run_dir, copy)
+    metrics = json.loads((copy / "zero_shot" / "metrics.json").read_text())
+    first = next(iter(metrics["per_example"].values()))
+    first["correct"] = 1 - first["correct"]
+    first["parsed"] = first["gold"] if first["correct"] else None
+    (copy / "zero_shot" / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "diff.json"
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "compare", str(run_dir), str(copy), "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    diff = json.loads(out.read_text())
+    rows = {row["arm"]: row for row in diff["arms"]}
+    assert rows["zero_shot"]["changed_answers"] == 1 and rows["zero_shot"]["paired_n"] == 12
+    assert rows["lora"]["changed_answers"] == 0 and rows["lora"]["p_value"] == 1.0
+
+
+def test_report_renders_in_a_headless_browser(run_dir, tmp_path):
+    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no Chromium on this machine (apt install chromium) to render report.html")
+    shot = tmp_path / "shot.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1200,1600", f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1200, 1600)
+    colours = image.getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # text, tables and plots, not a blank or error page
