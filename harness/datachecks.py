@@ -34,7 +34,8 @@ def _luhn(digits: str) -> bool:
 
 def pii_kinds(text: str) -> Counter:
     """How many matches of each personal-data pattern a text holds (card numbers must pass the Luhn check;
-    phone numbers need at least 9 digits, so dates, amounts and order numbers rarely count)."""
+    phone numbers need 9-15 digits and a phone's shape, a leading + or ( or three or more digit groups, so dates,
+    amounts and two-part order numbers like 2211-40915 do not count)."""
     found, taken = Counter(), []
     for m in PII_PATTERNS["card_number"].finditer(text):
         digits = re.sub(r"\D", "", m.group())
@@ -48,7 +49,9 @@ def pii_kinds(text: str) -> Counter:
     for m in PII_PATTERNS["phone"].finditer(text):
         digits = re.sub(r"\D", "", m.group())
         inside = any(s < m.end() and m.start() < e for s, e in taken)
-        if 9 <= len(digits) <= 15 and not inside:
+        groups = len(re.findall(r"\d+", m.group()))
+        shaped = m.group().startswith(("+", "(")) or groups >= 3  # "2211-40915" is an order number, not a phone
+        if 9 <= len(digits) <= 15 and shaped and not inside:
             found["phone"] += 1
     return +found
 

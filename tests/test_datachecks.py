@@ -22,6 +22,8 @@ from harness.task import load_task
     ("card 4111 1111 1111 1112 (fails Luhn)", {}),
     ("order NW-2024-118830 shipped 2024-05-01 for $1,299.00", {}),
     ("ticket #88231, call 555-0142", {}),
+    ("order 2211-40915 was never delivered", {}),
+    ("ring 0712 345 678 after six", {"phone": 1}),
 ])
 def test_pii_patterns(text, kinds):
     assert dict(datachecks.pii_kinds(text)) == kinds

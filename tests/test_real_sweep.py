@@ -37,3 +37,11 @@ def test_demo_sweep_on_the_packaged_model(tmp_path):
     history = json.loads((out / "lora" / "prepare.json").read_text())["report"]["training"]["history"]
     assert history[-1]["dev_loss"] < history[0]["train_loss"]  # it learned
     assert "lora" in r.stdout and "train (s)" in r.stdout
+    # the run ends with a decision: intervals, paired tests, costs, the forgetting check, a verdict and the report
+    decision = comparison["decision"]
+    assert decision["verdict"]["choice"] in ARMS and decision["verdict"]["summary"]
+    assert len(decision["paired_tests"]) == len(ARMS) * (len(ARMS) - 1) // 2
+    forgot = decision["forgetting"]["arms"]["lora"]
+    assert forgot["ci"][0] <= forgot["change"] <= forgot["ci"][1]
+    assert decision["forgetting"]["n"] == 120 and 0.25 < decision["forgetting"]["base_accuracy"] <= 1.0
+    assert (out / "report.html").stat().st_size > 50_000 and "Verdict: choose" in r.stdout
