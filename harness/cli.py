@@ -91,7 +91,21 @@ def _compare(argv: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"report": _report, "compare": _compare}
+def _curve(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="harness curve", description="Learning curve of a sweep over training-set "
+                                     "sizes (harness -m … limit.train=16,64,256 results_dir=DIR): each arm's primary "
+                                     "metric with its interval per size, and where fine-tuning overtakes the others.")
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    from harness.curve import write_curve
+
+    curve = write_curve(args.sweep_dir)
+    display.console.print(display.curve_table(curve))
+    display.console.print(f"learning curve: {args.sweep_dir / 'learning_curve.md'}")
+    return 0
+
+
+SUBCOMMANDS = {"report": _report, "compare": _compare, "curve": _curve}
 
 
 def main() -> None:

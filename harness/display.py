@@ -53,31 +53,32 @@ def comparison_table(comparison: dict) -> Table:
     intervals, priced = decision.get("intervals") or {}, (decision.get("costs") or {}).get("arms") or {}
     currency = (decision.get("costs") or {}).get("currency", "USD")
     choice = (decision.get("verdict") or {}).get("choice")
-    secondary = sorted({m for r in rows.values() for m in r.get("metrics", {})} - {primary})
+    secondary = sorted(m for m in {m for r in rows.values() for m in r.get("metrics", {})} - {primary}
+                       if m != "invalid_rate" or any(r.get("metrics", {}).get(m) for r in rows.values()))
     table = Table(title=f"{comparison['task']} — held-out n={comparison['heldout_n']}, primary metric: {primary}",
                   title_justify="left")
-    table.add_column("strategy", style="bold")
-    table.add_column("setup", style="dim", no_wrap=True, max_width=34, overflow="ellipsis")
+    table.add_column("strategy", style="bold", no_wrap=True)
+    table.add_column("setup", style="dim", no_wrap=True, max_width=30, overflow="ellipsis")
     table.add_column(primary, justify="right", style="bold green", no_wrap=True)
     table.add_column("95% CI", justify="right", no_wrap=True)
     for m in secondary:
-        table.add_column(m, justify="right")
-    for col in ("n", "tokens in/ex", "tokens out/ex", "latency/ex (s)", "train (s)", "$/1k req", "monthly"):
-        table.add_column(col, justify="right")
+        table.add_column(m, justify="right", no_wrap=True)
+    for col in ("tokens in/out", "s/ex", "train (s)", "$/1k req", "$/month"):
+        table.add_column(col, justify="right", no_wrap=True)
     for name, r in rows.items():
         if "error" in r:
-            table.add_row(name, f"[red]failed: {r['error']}[/red]", *["–"] * (len(secondary) + 9))
+            table.add_row(name, f"[red]failed: {r['error']}[/red]", *["–"] * (len(secondary) + 7))
             continue
         m, u, t = r["metrics"], r["usage"], r.get("training")
         spread = r.get("metrics_seed_std", {})
         main = _fmt(m.get(primary)) + (f" ± {spread[primary]:.3f}" if primary in spread else "")
         ci = (intervals.get(name) or {}).get(primary, {}).get("ci")
-        train = "–" if not t else f"{t['wall_s']:.0f}" + (" (cached)" if t.get("cached") else "")
+        train = "–" if not t else f"{t['wall_s']:.0f}" + (" cached" if t.get("cached") else "")
         cost = priced.get(name) or {}
         table.add_row(name + (" ✓" if name == choice else ""), r.get("summary", ""), main,
                       f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–", *[_fmt(m.get(s)) for s in secondary],
-                      str(r["n"]), _fmt(u["input_tokens"]["mean"], 1), _fmt(u["output_tokens"]["mean"], 1),
-                      _fmt(u["latency_s"]["mean"]), train,
+                      f"{_fmt(u['input_tokens']['mean'], 0)}/{_fmt(u['output_tokens']['mean'], 0)}",
+                      _fmt(u["latency_s"]["mean"], 2), train,
                       money(cost.get("per_1k_requests"), currency) if cost else "–",
                       money(cost.get("monthly_total"), currency) if cost else "–")
     return table
@@ -127,3 +128,18 @@ def compare_table(diff: dict) -> Group:
                    f"verdict B: {vb.get('choice')} (fine-tuning justified: {vb.get('fine_tuning_justified')})",
                    style="bold" if va.get("choice") != vb.get("choice") else "")
     return Group(head, table, verdict)
+
+
+def curve_table(curve: dict) -> Group:
+    table = Table(title=f"{curve['task']}: {curve['primary_metric']} by training-set size (95% CI)",
+                  title_justify="left")
+    table.add_column("train", justify="right")
+    for arm in curve["arms"]:
+        table.add_column(arm, justify="right", no_wrap=True)
+    for n in curve["sizes"]:
+        cells = []
+        for arm in curve["arms"]:
+            p = curve["arms"][arm][n]
+            cells.append("–" if not p else f"{p['value']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]")
+        table.add_row(str(n), *cells)
+    return Group(table, *[Text(f"• {f['summary']}") for f in curve["findings"]])

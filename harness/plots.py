@@ -118,3 +118,29 @@ def training_curves(histories: Mapping[str, Sequence[Mapping]]) -> bytes | None:
     ax.legend(fontsize=8)
     ax.set_title("LoRA training: train and dev loss per epoch", fontsize=10)
     return _png(fig)
+
+
+def learning_curve(curve: Mapping) -> bytes | None:
+    """Primary metric against training-set size (log scale) per arm, with its bootstrap interval as a band."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.0))
+    drawn = False
+    for arm, by_size in curve["arms"].items():
+        pts = [(n, p) for n, p in by_size.items() if p]
+        if not pts:
+            continue
+        xs = [n for n, _ in pts]
+        line, = ax.plot(xs, [p["value"] for _, p in pts], marker="o", label=arm,
+                        linestyle="-" if pts[0][1]["fine_tuned"] else "--")
+        ax.fill_between(xs, [p["ci"][0] for _, p in pts], [p["ci"][1] for _, p in pts], alpha=0.15,
+                        color=line.get_color())
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training examples (log scale)")
+    ax.set_ylabel(f"{curve['primary_metric']} (95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"{curve['task']}: learning curve (solid: fine-tuned, dashed: not)", fontsize=10)
+    return _png(fig)

@@ -54,6 +54,7 @@ def load_configured_task(cfg: DictConfig) -> Task:
     return load_task(resolve_task_dir(cfg),
                      limit_train=_positive_or_none(limit.get("train"), "limit.train"),
                      limit_heldout=_positive_or_none(limit.get("heldout"), "limit.heldout"),
+                     sample=str(limit.get("sample", "first")), sample_seed=int(cfg.get("seed", 0)),
                      allow_overlap=cfg.get("allow_overlap"))
 
 
@@ -193,15 +194,17 @@ class Runner:
     def _data_checks(self, task: Task) -> dict:
         """Overlap, label balance and personal data, before any training (data_checks.json)."""
         path = self.run_dir / "data_checks.json"
-        if path.exists() and read_json(path).get("data_hashes") == dict(task.data_hashes):
-            return read_json(path)
         checks = self.cfg.get("checks") or {}
+        key = fingerprint(dict(task.data_hashes), OmegaConf.to_container(checks, resolve=True),
+                          {k: p.pattern for k, p in datachecks.PII_PATTERNS.items()})
+        if path.exists() and read_json(path).get("key") == key:
+            return read_json(path)
         encode = None
         if checks.get("near_duplicates", True):
             retriever = _instantiate(checks.retriever, "the near-duplicate embedder")
             encode = retriever.encode
         display.status("data checks: overlap with train/knowledge, label balance, personal data")
-        result = {"data_hashes": dict(task.data_hashes),
+        result = {"key": key, "data_hashes": dict(task.data_hashes),
                   **datachecks.run_checks(task, encode, float(checks.get("near_threshold", 0.95)))}
         write_json(path, result)
         for split, found in result["overlap"].items():
@@ -223,8 +226,8 @@ class Runner:
             return
         path = self.run_dir / "control.json"
         done = read_json(path) if path.exists() else {}
-        if done.get("ids") != list(control.ids):
-            done = {"name": control.name, "ids": list(control.ids), "arms": {}}
+        if done.get("ids") != list(control.ids) or done.get("method") != control.method:
+            done = {"name": control.name, "method": control.method, "ids": list(control.ids), "arms": {}}
         todo = [name for name in tuned if name not in done["arms"]]
         if not todo:
             return

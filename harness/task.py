@@ -18,11 +18,12 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -254,7 +255,33 @@ def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Examp
     return Example(ex_id, text, target, line, _freeze(meta))
 
 
-def _load_split(spec: _Spec, split: str, path: Path, limit: int | None) -> tuple[Example, ...]:
+SAMPLING = ("first", "stratified")
+
+
+def subset(examples: Sequence[Example], limit: int | None, sample: str = "first", seed: int = 0,
+           by_label: bool = False) -> tuple[Example, ...]:
+    """The first `limit` examples in file order, or a seeded subset (`stratified`: label proportions kept when
+    `by_label`). Stratified subsets are nested: the subset of size n is contained in the one of size m > n with the
+    same seed, so the points of a learning curve add examples rather than swap them. File order is kept."""
+    if not limit or limit >= len(examples):
+        return tuple(examples)
+    if sample == "first":
+        return tuple(examples[:limit])
+    rng = random.Random(seed)
+    groups: dict = {}
+    for ex in examples:
+        groups.setdefault(ex.target if by_label else None, []).append(ex)
+    ranked = []
+    for key in sorted(groups, key=str):
+        members = groups[key][:]
+        rng.shuffle(members)
+        ranked.extend(((rank + rng.random()) / len(members), ex.line, ex) for rank, ex in enumerate(members))
+    chosen = {id(ex) for _, _, ex in sorted(ranked, key=lambda r: (r[0], r[1]))[:limit]}
+    return tuple(ex for ex in examples if id(ex) in chosen)
+
+
+def _load_split(spec: _Spec, split: str, path: Path, limit: int | None, sample: str = "first",
+                seed: int = 0) -> tuple[Example, ...]:
     rows = _rows(path)
     if not rows:
         raise TaskError(f"split '{split}' is empty", file=path)
@@ -266,7 +293,7 @@ def _load_split(spec: _Spec, split: str, path: Path, limit: int | None) -> tuple
                             field=spec.columns["id"] or "id")
         seen[ex.id] = line
         examples.append(ex)
-    return tuple(examples[:limit] if limit else examples)
+    return subset(examples, limit, sample, seed, by_label=spec.type == "classification")
 
 
 def _data_root(directory: Path, spec: _Spec) -> tuple[Path, str] | None:
@@ -311,8 +338,12 @@ def _find_split_file(directory: Path, split: str, spec: _Spec) -> Path | None:
 
 
 def load_task(directory: str | Path, *, limit_train: int | None = None, limit_heldout: int | None = None,
+              sample: str = "first", sample_seed: int = 0,
               allow_overlap: bool | None = None) -> Task:
-    """Load tasks/<name>/ (task.yaml + splits); raise TaskError naming file, line and field on bad input."""
+    """Load tasks/<name>/ (task.yaml + splits); raise TaskError naming file, line and field on bad input.
+    `limit_*` keep the first N examples (`sample="first"`) or a seeded stratified subset (see `subset`)."""
+    if sample not in SAMPLING:
+        raise TaskError(f"limit.sample must be one of {', '.join(SAMPLING)}, got {sample!r}")
     directory = Path(directory)
     path = directory / "task.yaml"
     if not path.is_file():
@@ -333,7 +364,7 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
                 raise TaskError(f"required split '{split}' not found (expected {split}.jsonl or {split}.csv, "
                                 f"or splits.{split} in task.yaml)", file=path)
             continue
-        splits[split] = _load_split(spec, split, file, limits.get(split))
+        splits[split] = _load_split(spec, split, file, limits.get(split), sample, sample_seed)
         files[split] = file
         hashes[split] = hashlib.sha256(file.read_bytes()).hexdigest()
     train_inputs = {normalize_text(ex.input): ex for ex in splits["train"]}

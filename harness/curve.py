@@ -1,0 +1,97 @@
+"""Learning curves: the runs of a sweep over training-set sizes (`harness -m … limit.train=16,64,256`) read back
+from their results folders; each arm's primary metric with its interval per size, and where a fine-tuned arm
+overtakes each arm without fine-tuning. Pure: results folders in, JSON and a figure out (`harness curve DIR`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from harness import plots
+from harness.errors import HarnessError
+from harness.results import read_json, write_json
+
+
+def collect(sweep_dir: Path) -> dict:
+    """{train size: comparison} for every finished run under sweep_dir (one level of Hydra job folders)."""
+    runs = {}
+    for path in sorted(Path(sweep_dir).glob("**/comparison.json")):
+        comparison = read_json(path)
+        run = read_json(path.parent / "run.json") if (path.parent / "run.json").exists() else {}
+        if "decision" not in comparison:
+            continue
+        size = (run.get("limits") or {}).get("train")
+        if size in runs:
+            raise HarnessError(f"{path.parent}: a second run with {size} train examples under {sweep_dir}; a curve "
+                               f"needs one run per size (use a fresh results_dir per sweep)")
+        runs[size] = comparison
+    if len(runs) < 2:
+        raise HarnessError(f"{sweep_dir}: found {len(runs)} finished run(s) with a decision; a learning curve needs "
+                           f"at least two training-set sizes (harness -m … limit.train=16,64,256 results_dir=…)")
+    tasks = {c["task"] for c in runs.values()}
+    if len(tasks) > 1:
+        raise HarnessError(f"{sweep_dir}: runs of different tasks ({', '.join(sorted(tasks))}) cannot share a curve")
+    return dict(sorted(runs.items()))
+
+
+def _point(comparison: Mapping, arm: str) -> dict | None:
+    result = comparison["strategies"].get(arm) or {}
+    interval = ((comparison["decision"].get("intervals") or {}).get(arm) or {}).get(comparison["primary_metric"])
+    if "error" in result or not interval:
+        return None
+    training = result.get("training") or {}
+    return {"value": interval["value"], "ci": interval["ci"], "fine_tuned": bool(training),
+            "train_s": training.get("wall_s")}
+
+
+def _significant(comparison: Mapping, a: str, b: str) -> bool:
+    for t in comparison["decision"].get("paired_tests") or []:
+        if {t["a"], t["b"]} == {a, b}:
+            return bool(t["significant"])
+    return False
+
+
+def learning_curve(runs: Mapping[int, Mapping]) -> dict:
+    sizes = list(runs)
+    first = next(iter(runs.values()))
+    arms = list(dict.fromkeys(a for c in runs.values() for a in c["strategies"] if "@seed" not in a))
+    points = {arm: {n: _point(runs[n], arm) for n in sizes} for arm in arms}
+    tuned = [a for a in arms if any(p and p["fine_tuned"] for p in points[a].values())]
+    findings = []
+    for t in tuned:
+        for other in [a for a in arms if a not in tuned]:
+            shared = [n for n in sizes if points[t][n] and points[other][n]]
+            ahead = [n for n in shared if points[t][n]["value"] > points[other][n]["value"]]
+            # the smallest size from which the tuned arm stays ahead at every larger size
+            over = next((n for i, n in enumerate(shared) if all(m in ahead for m in shared[i:])), None)
+            sig = next((n for n in shared if n in ahead and _significant(runs[n], t, other)), None)
+            if over is None:
+                text = f"{t} does not overtake {other} at any size up to {shared[-1] if shared else '?'}"
+            else:
+                text = (f"{t} overtakes {other} at {over} training examples" +
+                        (f" (significantly from {sig})" if sig is not None else " (not significantly at any size)"))
+            findings.append({"tuned": t, "other": other, "overtakes_at": over, "significant_from": sig,
+                             "summary": text})
+    return {"task": first["task"], "primary_metric": first["primary_metric"], "sizes": sizes,
+            "heldout_n": {n: runs[n]["heldout_n"] for n in sizes}, "arms": points, "findings": findings}
+
+
+def write_curve(sweep_dir: Path) -> dict:
+    sweep_dir = Path(sweep_dir)
+    curve = learning_curve(collect(sweep_dir))
+    write_json(sweep_dir / "learning_curve.json", curve)
+    png = plots.learning_curve(curve)
+    if png:
+        (sweep_dir / "learning_curve.png").write_bytes(png)
+    lines = [f"# {curve['task']}: learning curve ({curve['primary_metric']}, 95% bootstrap CI)", "",
+             "| train examples | " + " | ".join(curve["arms"]) + " |",
+             "|---:|" + "---:|" * len(curve["arms"])]
+    for n in curve["sizes"]:
+        cells = []
+        for arm in curve["arms"]:
+            p = curve["arms"][arm][n]
+            cells.append("–" if not p else f"{p['value']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {f['summary']}" for f in curve["findings"]], "", "![learning curve](learning_curve.png)", ""]
+    (sweep_dir / "learning_curve.md").write_text("\n".join(lines), encoding="utf-8")
+    return curve
