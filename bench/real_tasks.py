@@ -28,11 +28,11 @@ print = functools.partial(print, flush=True)  # noqa: A001
 
 # Subset sizes (stratified, seed 0) chosen so the default run stays near 30 minutes on the 2-core CPU.
 TASKS = {
-    "banking77": {"train": 600, "heldout": 154, "kind": "behaviour",
+    "banking77": {"train": 400, "heldout": 100, "kind": "behaviour",
                   "arms": ["zero_shot", "prompt_only", "retrieval", "lora"], "extra": []},
-    "snips": {"train": 600, "heldout": 210, "kind": "behaviour",
+    "snips": {"train": 400, "heldout": 140, "kind": "behaviour",
               "arms": ["zero_shot", "prompt_only", "retrieval", "lora"], "extra": []},
-    "restaurant8k": {"train": 600, "heldout": 120, "kind": "behaviour",
+    "restaurant8k": {"train": 400, "heldout": 80, "kind": "behaviour",
                      "arms": ["zero_shot", "prompt_only", "retrieval", "lora"],
                      "extra": ["strategies.zero_shot.max_new_tokens=48", "strategies.prompt_only.max_new_tokens=48",
                                "strategies.retrieval.max_new_tokens=48", "strategies.lora.max_new_tokens=48"]},

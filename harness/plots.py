@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 CHOICE, TUNED, PLAIN = "#1b7f3b", "#b35806", "#3b6ea8"
 
@@ -113,6 +114,7 @@ def training_curves(histories: Mapping[str, Sequence[Mapping]]) -> bytes | None:
             ax.plot(epochs, [h.get("dev_loss") for h in history], marker="s", linestyle="--",
                     color=line.get_color(), label=f"{arm} dev")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("loss (target tokens)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
