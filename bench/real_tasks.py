@@ -76,9 +76,10 @@ def pattern(task: str, comparison: dict) -> tuple[bool | None, str]:
         best_tuned = max(tuned, key=scores.get)
         if scores[best_tuned] > scores[plain] and significant(best_tuned, plain):
             return True, f"{best_tuned} beats the best untuned arm ({plain}) significantly"
-        if scores[best_tuned] > scores[plain]:
-            return None, f"{best_tuned} ahead of {plain} but not significantly"
-        return False, f"{plain} ahead of {best_tuned}"
+        if not significant(best_tuned, plain):
+            return None, (f"{best_tuned} and {plain} not separable ({scores[best_tuned]:.3f} vs "
+                          f"{scores[plain]:.3f})")
+        return False, f"{plain} significantly ahead of {best_tuned}"
     ok = scores["retrieval"] > scores["lora"] and significant("retrieval", "lora")
     combined = ""
     if "combined" in scores:
@@ -123,9 +124,9 @@ def main() -> None:
                 rows.append({"task": task, "model": model, "arm": arm, "metric": primary,
                              "value": r["metrics"][primary], "ci": ci, "examples_per_s": speed, "train_s": train})
             v = d["verdict"]
-            print(f"verdict: {v['choice']} (fine-tuning justified: {v['fine_tuning_justified']}); "
-                  f"literature pattern: {'matches' if match else 'unclear' if match is None else 'MISMATCH'}"
-                  f"{' — ' + why if why else ''}")
+            literature = (f"; literature pattern: {'matches' if match else 'unclear' if match is None else 'MISMATCH'}"
+                          f" — {why}" if why else "")
+            print(f"verdict: {v['choice']} (fine-tuning justified: {v['fine_tuning_justified']}){literature}")
     (args.out / "summary.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -87,6 +87,9 @@ class TransformersLM:
         if chat_template == "on" and not tok.chat_template:
             raise ConfigError(f"model {name_or_path!r} has no chat template", field="model.chat_template")
         self.use_chat = bool(tok.chat_template) and chat_template != "off"
+        config = self.model.config
+        self.sliding_window = (getattr(config, "sliding_window", None)
+                               if "sliding_attention" in (getattr(config, "layer_types", None) or ()) else None)
         self.separator = "" if self.use_chat else " "  # plain prompts end with "Answer:"; answers start with a space
         limit = getattr(self.model.config, "max_position_embeddings", None) or 2048
         self.max_length = int(max_length or limit)
@@ -192,6 +195,13 @@ class TransformersLM:
         out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1)
         return self._layers(out.cache)
 
+    def _additive(self, mask: torch.Tensor) -> torch.Tensor:
+        """Eager attention takes an additive float mask; sdpa takes the boolean one as it is."""
+        if self.model.config._attn_implementation != "eager":
+            return mask
+        return torch.zeros(mask.shape, dtype=self.model.dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(self.model.dtype).min)
+
     def _score_batch(self, suffixes: list[list[int]], prefix, shared: int, choice_ids: list[list[int]]):
         """One forward pass for a batch: each row holds its left-padded prompt suffix followed by the tokens 1..n-1
         of every choice. A 4D mask lets each choice see the prompt and its own earlier tokens only, so all choices
@@ -223,10 +233,11 @@ class TransformersLM:
         lengths = own.sum(-1)
         position = torch.cat([shared + (own.long().cumsum(-1) - 1).clamp(min=0),
                               (shared + lengths)[:, None] + step[None, :]], dim=1)
-        attn = mask[:, None]
-        if self.model.config._attn_implementation == "eager":
-            attn = torch.zeros(attn.shape, dtype=self.model.dtype, device=dev).masked_fill(
-                ~attn, torch.finfo(self.model.dtype).min)
+        attn = self._additive(mask[:, None])
+        if self.sliding_window:  # e.g. Gemma 3: its local layers see only the last `sliding_window` positions
+            keys = torch.cat([torch.arange(shared, device=dev).expand(b, -1), position], dim=1)
+            local = mask & (position[:, :, None] - keys[:, None, :] < self.sliding_window)
+            attn = {"full_attention": attn, "sliding_attention": self._additive(local[:, None])}
         kwargs = {}
         if prefix is not None:
             kwargs["cache"] = self._cache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix])
@@ -249,7 +260,7 @@ class TransformersLM:
         extra = sum(len(c) - 1 for c in choice_ids)
         encoded = [self.encode(p, reserve=max(len(c) for c in choice_ids)) for p in prompts]
         ids = [e[0] for e in encoded]
-        shared = self._shared_prefix(ids)
+        shared = 0 if self.sliding_window else self._shared_prefix(ids)  # a sliding cache would drop the prefix
         prefix = self._prefix_layers(ids[0][:shared]) if shared else None
         results: list[ChoiceScores | None] = [None] * len(prompts)
         for batch in self._batches([len(i) for i in ids]):

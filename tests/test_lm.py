@@ -73,3 +73,25 @@ def test_scoring_without_a_shared_prefix(tiny_model):
     assert lm._shared_prefix([lm.encode(p)[0] for p in prompts]) == 0
     for prompt, scored in zip(prompts, lm.score_choices(prompts, LABELS)):
         assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)
+
+
+def test_sliding_window_model_scores_like_its_own_attention(tiny_model, tmp_path):
+    """Gemma 3 style local layers: label scoring (no shared-prefix cache, a per-layer-type mask) must equal the
+    model's native forward pass, also when prompts are longer than the window."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=6,
+                              layer_types=["sliding_attention", "full_attention"], max_position_embeddings=512,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                              bos_token_id=tokenizer.bos_token_id, initializer_range=0.5)
+    Gemma3ForCausalLM(config).save_pretrained(tmp_path / "gemma")
+    tokenizer.save_pretrained(tmp_path / "gemma")
+    for attn in ("sdpa", "eager"):
+        lm = TransformersLM(str(tmp_path / "gemma"), batch_size=3, attn_implementation=attn)
+        assert lm.sliding_window == 6
+        prompts = prompts_for(lm, 5)
+        for prompt, scored in zip(prompts, lm.score_choices(prompts, LABELS)):
+            assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)
