@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from harness import plots
+from harness.display import cell
 from harness.errors import HarnessError
 from harness.results import read_json, write_json
 
@@ -87,11 +88,7 @@ def write_curve(sweep_dir: Path) -> dict:
              "| train examples | " + " | ".join(curve["arms"]) + " |",
              "|---:|" + "---:|" * len(curve["arms"])]
     for n in curve["sizes"]:
-        cells = []
-        for arm in curve["arms"]:
-            p = curve["arms"][arm][n]
-            cells.append("–" if not p else f"{p['value']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]")
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append(f"| {n} | " + " | ".join(cell(curve["arms"][arm][n]) for arm in curve["arms"]) + " |")
     lines += ["", *[f"- {f['summary']}" for f in curve["findings"]], "", "![learning curve](learning_curve.png)", ""]
     (sweep_dir / "learning_curve.md").write_text("\n".join(lines), encoding="utf-8")
     return curve

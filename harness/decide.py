@@ -16,7 +16,7 @@ import numpy as np
 
 from harness import cost as costs
 from harness import stats, uncertainty
-from harness.verdict import write_verdict
+from harness.verdict import find_pair, write_verdict
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,6 @@ def paired_tests(ev: Evidence, names: Sequence[str], idx: np.ndarray, s: Setting
     return tests
 
 
-def _pair(tests: Sequence[dict], a: str, b: str) -> dict | None:
-    for t in tests:
-        if {t["a"], t["b"]} == {a, b}:
-            return t if t["a"] == a else {**t, "a": a, "b": b, "difference": -t["difference"],
-                                          "ci": [-t["ci"][1], -t["ci"][0]]}
-    return None
-
-
 def forgetting(ev: Evidence, s: Settings) -> dict | None:
     control = ev.control
     if not control or not control.get("arms"):
@@ -124,7 +116,7 @@ def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
     best = max(names, key=lambda a: (score[a], -(priced[a]["monthly_total"] or float("inf"))))
     eligible = []
     for a in names:
-        t = _pair(tests, best, a)
+        t = find_pair(tests, best, a)
         if a == best or not t["significant"] or score[best] - score[a] <= s.tolerance:
             eligible.append(a)
     choice = min(eligible, key=lambda a: (priced[a]["monthly_total"] if priced[a]["monthly_total"] is not None

@@ -130,6 +130,11 @@ def compare_table(diff: dict) -> Group:
     return Group(head, table, verdict)
 
 
+def cell(point: dict | None) -> str:
+    """A metric with its interval, as the learning-curve tables show it."""
+    return "–" if not point else f"{point['value']:.3f} [{point['ci'][0]:.3f}, {point['ci'][1]:.3f}]"
+
+
 def curve_table(curve: dict) -> Group:
     table = Table(title=f"{curve['task']}: {curve['primary_metric']} by training-set size (95% CI)",
                   title_justify="left")
@@ -137,9 +142,5 @@ def curve_table(curve: dict) -> Group:
     for arm in curve["arms"]:
         table.add_column(arm, justify="right", no_wrap=True)
     for n in curve["sizes"]:
-        cells = []
-        for arm in curve["arms"]:
-            p = curve["arms"][arm][n]
-            cells.append("–" if not p else f"{p['value']:.3f} [{p['ci'][0]:.3f}, {p['ci'][1]:.3f}]")
-        table.add_row(str(n), *cells)
+        table.add_row(str(n), *(cell(curve["arms"][arm][n]) for arm in curve["arms"]))
     return Group(table, *[Text(f"• {f['summary']}") for f in curve["findings"]])

@@ -24,7 +24,8 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _pair(tests: Sequence[Mapping], a: str, b: str) -> Mapping | None:
+def find_pair(tests: Sequence[Mapping], a: str, b: str) -> Mapping | None:
+    """The paired test of arms a and b, in whichever order it was run."""
     for t in tests:
         if {t["a"], t["b"]} == {a, b}:
             return t
@@ -47,7 +48,7 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
     for arm in names:
         if arm == best:
             continue
-        t = _pair(tests, best, arm)
+        t = find_pair(tests, best, arm)
         status = ("not significantly worse" if not t["significant"] else "significantly worse")
         if t["significant"] and arm in eligible:
             status += f", but within the tolerance {s.tolerance:g}"
@@ -72,7 +73,7 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
         summary = (f"No fine-tuned arm ran, so this run cannot say whether fine-tuning pays. Choose {choice}: "
                    f"the cheapest arm not significantly worse than the best.")
     elif justified:
-        t = _pair(tests, choice, best_plain) if best_plain else None
+        t = find_pair(tests, choice, best_plain) if best_plain else None
         if t and t["significant"] and score[choice] > score[best_plain]:
             which = ("the only arm not significantly worse than the best" if eligible == [choice] else
                      "the cheapest arm that qualifies")
@@ -86,7 +87,7 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
                        f"Fine-tuning is justified: {show(choice)} is the cheapest arm that qualifies.")
     else:
         top_tuned = max(tuned, key=lambda a: score[a])
-        t = _pair(tests, top_tuned, choice)
+        t = find_pair(tests, top_tuned, choice)
         if score[top_tuned] <= score[choice] and t["significant"]:
             summary = (f"Fine-tuning is not justified: {show(choice)} is significantly better on {primary} than "
                        f"the best fine-tuned arm, {show(top_tuned)} (Holm {_p(t['p_holm'])}), and costs "
