@@ -177,8 +177,11 @@ class Runner:
                     results[name] = {"error": message}
         for name, members in replicated.items():
             results[name] = replicate_summary(results, members)
-        self._forgetting(task, lm, {name: arm[0] for name, arm in arms.items() if name in results
-                                    and "error" not in results[name]})
+        try:  # a failing check is reported; the arms' results still make the comparison
+            self._forgetting(task, lm, {name: arm[0] for name, arm in arms.items() if name in results
+                                        and "error" not in results[name]})
+        except Exception as e:
+            display.error(f"forgetting check failed: {type(e).__name__}: {e}")
         comparison = {"task": task.name, "task_type": task.type, "primary_metric": task.metric,
                       "heldout_n": len(task.heldout), "run_dir": str(self.run_dir), "model": model,
                       "labels": list(task.labels), "fields": list(task.fields),
