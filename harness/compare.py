@@ -7,18 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from harness import scoring, stats, uncertainty
 from harness.errors import HarnessError
 from harness.results import read_json
+from harness.rundata import read_run_file
 
 
 def _load(run_dir: Path) -> tuple[dict, dict]:
-    for name in ("comparison.json", "run.json"):
-        if not (run_dir / name).is_file():
-            raise HarnessError(f"{run_dir / name}: not found (is this a results folder of a finished run?)")
-    return read_json(run_dir / "comparison.json"), read_json(run_dir / "run.json")
+    return read_run_file(run_dir / "comparison.json"), read_run_file(run_dir / "run.json")
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -62,10 +58,8 @@ def compare_runs(a: Path, b: Path, resamples: int = 2000, seed: int = 0) -> dict
             sb = uncertainty.metric_samples(cb["task_type"], rb_, idx, cb.get("labels", []))[primary]
             observed = (scoring.aggregate(cb["task_type"], rb_, cb.get("labels", []))[primary]
                         - scoring.aggregate(ca["task_type"], ra_, ca.get("labels", []))[primary])
-            test = stats.paired_bootstrap(sb, sa, observed)
-            va, vb = uncertainty.per_example_values(ra_, primary), uncertainty.per_example_values(rb_, primary)
-            if va is not None and set(np.unique(va)) | set(np.unique(vb)) <= {0.0, 1.0}:
-                test = {**test, **stats.mcnemar_exact(vb, va)}
+            test = stats.paired_test(sb, sa, uncertainty.per_example_values(rb_, primary),
+                                     uncertainty.per_example_values(ra_, primary), observed)
             changed = sum(1 for i in shared if _answer(pa[i]) != _answer(pb[i]))
             row.update({"paired_n": len(shared), "change": observed, "ci": test["ci"], "test": test["test"],
                         "p_value": test["p_value"], "changed_answers": changed})

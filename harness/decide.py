@@ -57,28 +57,22 @@ def _primary_values(ev: Evidence, arm: str) -> np.ndarray | None:
     return None if values[0] is None else np.mean(values, axis=0)
 
 
-def intervals(ev: Evidence, names: Sequence[str], idx: np.ndarray, s: Settings) -> dict:
-    out = {}
-    for arm in names:
-        samples = _arm_samples(ev, arm, idx)
-        out[arm] = {m: {"value": ev.arms[arm]["metrics"].get(m),
-                        "ci": list(stats.percentile_interval(v, s.confidence))} for m, v in samples.items()}
-    return out
+def intervals(ev: Evidence, samples: Mapping[str, Mapping[str, np.ndarray]], s: Settings) -> dict:
+    return {arm: {m: {"value": ev.arms[arm]["metrics"].get(m), "ci": list(stats.percentile_interval(v, s.confidence))}
+                  for m, v in by_metric.items()} for arm, by_metric in samples.items()}
 
 
-def paired_tests(ev: Evidence, names: Sequence[str], idx: np.ndarray, s: Settings) -> list[dict]:
-    """Every pair of arms on the primary metric: exact McNemar when both arms' per-example scores are 0/1, a paired
-    bootstrap otherwise; p-values Holm-corrected across all pairs."""
-    samples = {a: _arm_samples(ev, a, idx)[ev.primary] for a in names}
+def paired_tests(ev: Evidence, samples: Mapping[str, Mapping[str, np.ndarray]], s: Settings) -> list[dict]:
+    """Every pair of arms on the primary metric (`stats.paired_test`: exact McNemar when both arms score 0/1 per
+    example, a paired bootstrap otherwise); p-values Holm-corrected across all pairs."""
+    values = {a: _primary_values(ev, a) for a in samples}
     tests = []
-    for a, b in combinations(names, 2):
+    for a, b in combinations(samples, 2):
         diff = ev.arms[a]["metrics"][ev.primary] - ev.arms[b]["metrics"][ev.primary]
-        boot = stats.paired_bootstrap(samples[a], samples[b], diff, s.confidence)
-        va, vb = _primary_values(ev, a), _primary_values(ev, b)
-        binary = va is not None and vb is not None and set(np.unique(va)) | set(np.unique(vb)) <= {0.0, 1.0}
-        test = stats.mcnemar_exact(va, vb) if binary else {"test": "paired_bootstrap", "p_value": boot["p_value"]}
-        tests.append({"a": a, "b": b, "difference": diff, "ci": boot["ci"], **test,
-                      "detectable_difference": stats.detectable_difference(boot["se"], s.alpha, s.power)})
+        test = stats.paired_test(samples[a][ev.primary], samples[b][ev.primary], values[a], values[b], diff,
+                                 s.confidence)
+        tests.append({"a": a, "b": b, "difference": diff, **test,
+                      "detectable_difference": stats.detectable_difference(test["se"], s.alpha, s.power)})
     for t, p in zip(tests, stats.holm([t["p_value"] for t in tests])):
         t["p_holm"] = p
         t["significant"] = p < s.alpha
@@ -109,8 +103,9 @@ def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
                             "caveats": []}}
     n = len(ev.records[(ev.arms[names[0]].get("replicates") or [names[0]])[0]])
     idx = stats.bootstrap_indices(n, s.resamples, s.seed)
-    ci = intervals(ev, names, idx, s)
-    tests = paired_tests(ev, names, idx, s) if len(names) > 1 else []
+    samples = {a: _arm_samples(ev, a, idx) for a in names}  # shared by the intervals and the paired tests
+    ci = intervals(ev, samples, s)
+    tests = paired_tests(ev, samples, s) if len(names) > 1 else []
     priced = {a: costs.arm_cost(ev.arms[a], cost_cfg) for a in names}
     score = {a: ev.arms[a]["metrics"][ev.primary] for a in names}
     best = max(names, key=lambda a: (score[a], -(priced[a]["monthly_total"] or float("inf"))))

@@ -11,7 +11,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.verdict import money
+from harness.verdict import fmt, money
 
 console = Console()
 if not console.is_terminal:  # logs and CI: wide enough that the comparison table is not squeezed
@@ -36,14 +36,6 @@ def status(message: str) -> None:
 
 def error(message: str) -> None:
     console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True)
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def comparison_table(comparison: dict) -> Table:
@@ -71,14 +63,14 @@ def comparison_table(comparison: dict) -> Table:
             continue
         m, u, t = r["metrics"], r["usage"], r.get("training")
         spread = r.get("metrics_seed_std", {})
-        main = _fmt(m.get(primary)) + (f" ± {spread[primary]:.3f}" if primary in spread else "")
+        main = fmt(m.get(primary)) + (f" ± {spread[primary]:.3f}" if primary in spread else "")
         ci = (intervals.get(name) or {}).get(primary, {}).get("ci")
         train = "–" if not t else f"{t['wall_s']:.0f}" + (" cached" if t.get("cached") else "")
         cost = priced.get(name) or {}
         table.add_row(name + (" ✓" if name == choice else ""), r.get("summary", ""), main,
-                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–", *[_fmt(m.get(s)) for s in secondary],
-                      f"{_fmt(u['input_tokens']['mean'], 0)}/{_fmt(u['output_tokens']['mean'], 0)}",
-                      _fmt(u["latency_s"]["mean"], 2), train,
+                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–", *[fmt(m.get(s)) for s in secondary],
+                      f"{fmt(u['input_tokens']['mean'], 0)}/{fmt(u['output_tokens']['mean'], 0)}",
+                      fmt(u["latency_s"]["mean"], 2), train,
                       money(cost.get("per_1k_requests"), currency) if cost else "–",
                       money(cost.get("monthly_total"), currency) if cost else "–")
     return table
@@ -117,10 +109,10 @@ def compare_table(diff: dict) -> Group:
         table.add_column(col, justify="left" if col in ("arm", "test") else "right")
     for r in diff["arms"]:
         if "change" not in r:
-            table.add_row(r["arm"], _fmt(r["a"]), _fmt(r["b"]), "–", "–", r.get("error_a") or r.get("error_b") or "–",
+            table.add_row(r["arm"], fmt(r["a"]), fmt(r["b"]), "–", "–", r.get("error_a") or r.get("error_b") or "–",
                           "–", "–")
             continue
-        table.add_row(r["arm"], _fmt(r["a"]), _fmt(r["b"]), f"{r['change']:+.3f}",
+        table.add_row(r["arm"], fmt(r["a"]), fmt(r["b"]), f"{r['change']:+.3f}",
                       f"[{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}]", r["test"].replace("_", " "), f"{r['p_value']:.4f}",
                       f"{r['changed_answers']}/{r['paired_n']}")
     va, vb = diff["verdict"]["a"], diff["verdict"]["b"]

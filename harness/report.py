@@ -13,21 +13,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from harness import plots
 from harness.results import read_json
-from harness.verdict import money
+from harness.verdict import fmt, money
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def _optional(path: Path) -> Any:
     return read_json(path) if path.exists() else None
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
 
 
 def _rows(comparison: Mapping) -> list[dict]:
@@ -47,14 +39,14 @@ def _rows(comparison: Mapping) -> list[dict]:
         p, t, u = priced.get(arm) or {}, r.get("training") or {}, r["usage"]
         rows.append({
             "arm": arm, "summary": r.get("summary", ""), "model": (r.get("model") or {}).get("name_or_path", ""),
-            "primary": _fmt(r["metrics"].get(primary)), "ci": f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "",
+            "primary": fmt(r["metrics"].get(primary)), "ci": f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "",
             "spread": f"± {spread:.3f} over seeds" if spread else "",
-            "others": {m: _fmt(v) for m, v in r["metrics"].items() if m != primary},
+            "others": {m: fmt(v) for m, v in r["metrics"].items() if m != primary},
             "per_1k": money(p.get("per_1k_requests"), currency), "monthly": money(p.get("monthly_total"), currency),
             "one_off": money(p.get("one_off"), currency) if p else "–",
             "train_s": f"{t['wall_s']:.0f}" + (" (cached)" if t.get("cached") else "") if t else "–",
-            "tokens_in": _fmt(u["input_tokens"]["mean"], 1), "tokens_out": _fmt(u["output_tokens"]["mean"], 1),
-            "latency": _fmt(u["latency_s"]["mean"]),
+            "tokens_in": fmt(u["input_tokens"]["mean"], 1), "tokens_out": fmt(u["output_tokens"]["mean"], 1),
+            "latency": fmt(u["latency_s"]["mean"]),
             "memory": f"{t['peak_memory_mb'] / 1024:.1f} GB" if t.get("peak_memory_mb") else "–",
             "chosen": arm == (decision.get("verdict") or {}).get("choice"), "fine_tuned": bool(t)})
     return rows
@@ -92,7 +84,7 @@ def build_view(run_dir: Path) -> dict:
     others = sorted({m for r in comparison["strategies"].values() for m in r.get("metrics", {})} - {primary})
     return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision, "v": decision.get("verdict"), "rows": _rows(comparison),
             "others": others, "primary": primary, "figures": figures, "checks": _optional(run_dir / "data_checks.json"),
-            "prepared": prepared, "money": money, "fmt": _fmt,
+            "prepared": prepared, "money": money, "fmt": fmt,
             "currency": (decision.get("costs") or {}).get("currency", "USD")}
 
 

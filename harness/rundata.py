@@ -12,7 +12,8 @@ from harness.errors import ConfigError, HarnessError
 from harness.results import read_json, write_json
 
 
-def _read(path: Path) -> Any:
+def read_run_file(path: Path) -> Any:
+    """A JSON file of a results folder; a missing or broken one is a one-line HarnessError."""
     try:
         return read_json(path)
     except FileNotFoundError:
@@ -28,7 +29,7 @@ def evidence(run_dir: Path, comparison: Mapping) -> decide.Evidence:
     for name, result in arms.items():
         if "error" in result or result.get("replicates"):
             continue
-        per_example = _read(run_dir / name / "metrics.json")["per_example"]
+        per_example = read_run_file(run_dir / name / "metrics.json")["per_example"]
         order = order or list(per_example)
         missing = [i for i in order if i not in per_example]
         if missing:
@@ -66,8 +67,8 @@ def decide_run(run_dir: Path, cost_raw: Mapping | None = None, decision_raw: Map
     """Re-make the decision of a results folder from its JSON and write it into comparison.json. Cost and decision
     settings default to those the run recorded in run.json."""
     run_dir = Path(run_dir)
-    comparison = _read(run_dir / "comparison.json")
-    config = _read(run_dir / "run.json").get("config", {})
+    comparison = read_run_file(run_dir / "comparison.json")
+    config = read_run_file(run_dir / "run.json").get("config", {})
     cost_cfg = costs.load_cost_config(cost_raw if cost_raw is not None else config.get("cost"))
     s = settings(decision_raw if decision_raw is not None else config.get("decision"), int(config.get("seed", 0)))
     comparison["decision"] = decide.decide(evidence(run_dir, comparison), cost_cfg, s)

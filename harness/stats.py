@@ -54,6 +54,18 @@ def paired_bootstrap(stat_a: np.ndarray, stat_b: np.ndarray, observed: float, co
     return {"test": "paired_bootstrap", "p_value": min(1.0, p), "ci": [low, high], "se": float(diffs.std(ddof=1))}
 
 
+def paired_test(samples_a: np.ndarray, samples_b: np.ndarray, values_a: np.ndarray | None,
+                values_b: np.ndarray | None, observed: float, confidence: float = 0.95) -> dict:
+    """A − B on the same examples: interval and SE from the paired bootstrap (`samples_*`, the metric on shared
+    resamples); the p-value from the exact McNemar test when both arms score 0/1 per example (`values_*`), from the
+    bootstrap otherwise (values None: a metric that is not a mean of per-example scores)."""
+    boot = paired_bootstrap(samples_a, samples_b, observed, confidence)
+    if values_a is not None and values_b is not None and \
+            set(np.unique(values_a)) | set(np.unique(values_b)) <= {0.0, 1.0}:
+        return {**boot, **mcnemar_exact(values_a, values_b)}
+    return boot
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the input order."""
     p = np.asarray(p_values, dtype=float)

@@ -14,6 +14,15 @@ def money(value: float | None, currency: str) -> str:
     return f"{symbol}{text}" if symbol else f"{text} {currency}"
 
 
+def fmt(value: Any, digits: int = 3) -> str:
+    """A number for a table cell: floats to `digits` places, None as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
 def _volume(v: float | None) -> str:
     if v is None:
         return "never"
