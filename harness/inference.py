@@ -24,20 +24,29 @@ def log_softmax(values: Sequence[float]) -> list[float]:
 
 
 def uses_scoring(task: Task, decode: str) -> bool:
-    return task.type == "classification" and decode != "generate"
+    """Whether an arm with this (resolved) decode mode scores labels rather than generating."""
+    return task.type == "classification" and decode in ("auto", "score")
 
 
-def check_decode(task: Task, lm, decode: str, arm: str) -> None:
-    """Refuse, before any work, a decode mode the task or the arm's backend cannot do."""
+def resolve_decode(task: Task, lm, decode: str, arm: str) -> str:
+    """The decode mode an arm runs with on its backend ('score' or 'generate'), refusing before any work what the
+    task or the backend cannot do. `auto` scores labels where the backend can, and generates and parses (invalid
+    answers counted) where it cannot, e.g. a chat API without continuation log-probabilities."""
+    field = f"strategies.{arm}.decode"
     if decode not in DECODE_MODES:
-        raise ConfigError(f"must be one of {', '.join(DECODE_MODES)}, got {decode!r}", field=f"strategies.{arm}.decode")
+        raise ConfigError(f"must be one of {', '.join(DECODE_MODES)}, got {decode!r}", field=field)
     if decode == "score" and task.type != "classification":
-        raise ConfigError(f"label scoring needs a classification task ({task.name} is {task.type})",
-                          field=f"strategies.{arm}.decode")
-    need = SCORE if uses_scoring(task, decode) else GENERATE
-    if need not in lm.capabilities:
-        raise ConfigError(f"arm {arm!r} needs '{need}' but its model backend cannot do it",
-                          field=f"strategies.{arm}.decode")
+        raise ConfigError(f"label scoring needs a classification task ({task.name} is {task.type})", field=field)
+    backend = lm.describe().get("backend", "?")
+    if task.type == "classification" and decode != "generate":
+        if SCORE in lm.capabilities:
+            return "score"
+        if decode == "score":
+            raise ConfigError(f"arm {arm!r} asks for label scoring, which its {backend} backend cannot do "
+                              f"(set {field}=generate)", field=field)
+    if GENERATE not in lm.capabilities:
+        raise ConfigError(f"arm {arm!r} needs generation, which its {backend} backend cannot do", field=field)
+    return "generate"
 
 
 def label_prior(task: Task, lm, prompts: Sequence[str]) -> list[float]:
@@ -55,7 +64,8 @@ def predict(task: Task, lm, examples: Sequence[Example], prompts: Sequence[str],
     if not uses_scoring(task, decode):
         gens = lm.generate(prompts, max_new_tokens)
         return [Prediction(ex.id, g.text, p, {"input_tokens": g.input_tokens, "output_tokens": g.output_tokens,
-                                              "latency_s": g.latency_s, "truncated": g.truncated, **u}, retrieved=r)
+                                              "latency_s": g.latency_s, "truncated": g.truncated,
+                                              **({"failed": g.error} if g.error else {}), **u}, retrieved=r)
                 for ex, p, g, r, u in zip(examples, prompts, gens, retrieved, extra_usage)]
     labels = list(task.labels)
     scored = lm.score_choices(prompts, [task.text_of(label) for label in labels])

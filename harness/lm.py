@@ -1,5 +1,8 @@
-"""The one model interface every strategy uses. Backends (transformers today; llama.cpp and HTTP later) sit behind
-it, chosen by the model config's `_target_`; a strategy never loads a model itself."""
+"""The one model interface every strategy uses. Backends sit behind it, chosen by the model config's `_target_`
+(conf/model/): transformers (harness/lm_hf.py: training, label scoring, any Hugging Face id), llama.cpp in-process
+(harness/lm_llamacpp.py: fast CPU generation for GGUF files) and an OpenAI-compatible HTTP client
+(harness/lm_http.py: APIs, vLLM, llama.cpp's server). A strategy never loads a model itself and never knows which
+backend it has; it asks `capabilities` and the backend refuses what it cannot do before any work."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ class Generation:
     output_tokens: int
     latency_s: float      # this example's share of its batch's wall time
     truncated: bool = False
+    error: str | None = None  # a counted failure (malformed or empty response, prompt over the server's context)
 
 
 @dataclass
@@ -25,6 +29,25 @@ class ChoiceScores:
     choice_tokens: int     # continuation tokens scored for this prompt (all choices)
     latency_s: float
     truncated: bool = False
+
+
+def plain_prompt(messages: Sequence[dict]) -> str:
+    """The prompt format of models without a chat template: instruction, then `input\nAnswer: target` turns."""
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(m["content"] + "\n\n")
+        elif m["role"] == "user":
+            parts.append(m["content"] + "\nAnswer:")
+        else:
+            parts.append(" " + m["content"] + "\n\n")
+    return "".join(parts)
+
+
+def cut_middle(ids: list[int], budget: int) -> list[int]:
+    """Keep the first and last tokens of a too-long prompt (instruction and input), dropping the middle."""
+    head = budget // 2
+    return ids[:head] + ids[len(ids) - (budget - head):]
 
 
 class LM(Protocol):

@@ -17,15 +17,9 @@ from transformers.utils import logging as hf_logging
 
 from harness import packaged
 from harness.errors import ConfigError
-from harness.lm import GENERATE, SCORE, TRAIN, ChoiceScores, Generation
+from harness.lm import GENERATE, SCORE, TRAIN, ChoiceScores, Generation, cut_middle, plain_prompt
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a shared-prefix pass is not worth its bookkeeping
-
-
-def cut_middle(ids: list[int], budget: int) -> list[int]:
-    """Keep the first and last tokens of a too-long prompt (instruction and input), dropping the middle."""
-    head = budget // 2
-    return ids[:head] + ids[len(ids) - (budget - head):]
 
 
 def common_prefix(seqs: Sequence[Sequence[int]], limit: int, minimum: int = MIN_SHARED_PREFIX) -> int:
@@ -108,15 +102,7 @@ class TransformersLM:
                 if merged and system:
                     merged[0]["content"] = system + "\n\n" + merged[0]["content"]
                 return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
-        parts = []
-        for m in messages:
-            if m["role"] == "system":
-                parts.append(m["content"] + "\n\n")
-            elif m["role"] == "user":
-                parts.append(m["content"] + "\nAnswer:")
-            else:
-                parts.append(" " + m["content"] + "\n\n")
-        return "".join(parts)
+        return plain_prompt(messages)
 
     def encode(self, text: str, reserve: int = 0) -> tuple[list[int], bool]:
         """Token ids of a prompt, cut in the middle when longer than the context (keeps instruction and input)."""

@@ -24,7 +24,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import get_linear_schedule_with_warmup
 
 from harness.errors import ConfigError
-from harness.lm_hf import common_prefix, cut_middle
+from harness.lm import cut_middle
+from harness.lm_hf import common_prefix
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,7 @@ def summarize_usage(records: list[dict]) -> dict:
     latency = stats("latency_s")
     return {"n": len(records), "input_tokens": stats("input_tokens"), "output_tokens": stats("output_tokens"),
             "latency_s": latency, "truncated": sum(1 for r in records if r["usage"].get("truncated")),
+            "failed": sum(1 for r in records if r["usage"].get("failed")),
             "examples_per_s": len(records) / latency["total"] if latency["total"] else None}
 
 
@@ -123,6 +124,7 @@ class Runner:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.cache_dir = Path(str(cfg.cache_dir)).expanduser()
         self.chunk = _positive_or_none(cfg.get("write_every", 16), "write_every") or 16
+        self._models: dict[str, Any] = {}
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -136,21 +138,23 @@ class Runner:
         cost.load_cost_config(cfg.get("cost"))  # refused before any work, naming the field
         rundata.settings(cfg.get("decision"), seed)
         display.status(f"task {task.name}: {task.type}, train {len(task.train)}, held-out {len(task.heldout)}")
-        display.status(f"loading model {cfg.model.name_or_path}")
-        lm = _instantiate(cfg.model, "the model", cache_dir=str(self.cache_dir), status=display.status)
+        lm = self._model(cfg.model, None)
         model = lm.describe()
-        # Preflight: every arm is built and checked against what the results folder already holds before any
-        # work is done or anything is written.
+        # Preflight: every arm is built, its model loaded or reached, and checked against what its backend can do
+        # and what the results folder already holds, before any work is done or anything is written.
         arms, replicated = {}, {}
-        for arm_name, node, extra in self._expand(names):
+        for arm_name, node, extra, model_node in self._expand(names):
+            arm_lm = lm if model_node is None else self._model(model_node, arm_name)
             strategy = _instantiate(node, f"strategy {arm_name!r}", name=arm_name, **extra)
-            key = fingerprint(strategy.describe(), model, dict(task.data_hashes), len(task.train), seed)
+            if hasattr(strategy, "check"):
+                strategy.check(task, arm_lm)
+            key = fingerprint(strategy.describe(), arm_lm.describe(), dict(task.data_hashes), len(task.train), seed)
             prepare_path = self.run_dir / arm_name / "prepare.json"
             if prepare_path.exists() and read_json(prepare_path).get("fingerprint") != key:
                 raise ConfigError(f"{prepare_path.parent} holds results of a different configuration of "
                                   f"{arm_name!r}; use a new results_dir (or delete that folder) to rerun it",
                                   field="results_dir")
-            arms[arm_name] = (strategy, key, node["_target_"])
+            arms[arm_name] = (strategy, key, node["_target_"], arm_lm)
             if extra:
                 replicated.setdefault(arm_name.split("@")[0], []).append(arm_name)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -165,9 +169,9 @@ class Runner:
         self._data_checks(task)
         results: dict[str, dict] = {}
         with display.progress() as bars:
-            for name, (strategy, key, target) in arms.items():
+            for name, (strategy, key, target, arm_lm) in arms.items():
                 try:
-                    results[name] = self._run_strategy(name, strategy, key, target, task, lm, seed, bars)
+                    results[name] = self._run_strategy(name, strategy, key, target, task, arm_lm, seed, bars)
                 except Exception as e:  # a failing arm is recorded; the other arms still run
                     user_error = isinstance(e, HarnessError)
                     message = str(e) if user_error else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -179,7 +183,7 @@ class Runner:
             results[name] = replicate_summary(results, members)
         try:  # a failing check is reported; the arms' results still make the comparison
             self._forgetting(task, lm, {name: arm[0] for name, arm in arms.items() if name in results
-                                        and "error" not in results[name]})
+                                        and "error" not in results[name] and arm[3] is lm})
         except Exception as e:
             display.error(f"forgetting check failed: {type(e).__name__}: {e}")
         comparison = {"task": task.name, "task_type": task.type, "primary_metric": task.metric,
@@ -193,6 +197,21 @@ class Runner:
         except HarnessError as e:
             display.error(f"decision not made: {e}")
         return comparison
+
+    def _model(self, node: DictConfig, arm: str | None):
+        """The LM of a model config (one per distinct config: arms on the same model share it)."""
+        key = fingerprint(OmegaConf.to_container(node, resolve=True))
+        if key not in self._models:
+            what = "the model" if arm is None else f"the model of arm {arm!r}"
+            display.status(f"loading {what}: {node.get('name_or_path') or node.get('model') or node.get('_target_')}")
+            try:
+                self._models[key] = _instantiate(node, what, cache_dir=str(self.cache_dir), status=display.status)
+            except HarnessError as e:
+                if arm is None:
+                    raise
+                field = f"strategies.{arm}.{e.field}" if e.field else f"strategies.{arm}.model"
+                raise ConfigError(f"arm {arm!r}: {e.reason}", field=field) from None
+        return self._models[key]
 
     def _data_checks(self, task: Task) -> dict:
         """Overlap, label balance and personal data, before any training (data_checks.json)."""
@@ -243,16 +262,19 @@ class Runner:
             write_json(path, done)
 
     def _expand(self, names: list[str]):
-        """(arm name, config, extra kwargs) per arm; an arm with `seeds: [..]` becomes one replicate per seed."""
+        """(arm name, config, extra kwargs, model config or None) per arm. An arm with `seeds: [..]` becomes one
+        replicate per seed; an arm with a `model:` node (`+model@strategies.NAME.model=OPTION`) runs on that
+        model instead of the run's."""
         for name in names:
             node = self.cfg.strategies[name]
             seeds = node.get("seeds")
-            plain = OmegaConf.create({k: v for k, v in node.items() if k != "seeds"})  # a runner key, not the arm's
+            model = node.get("model")
+            plain = OmegaConf.create({k: v for k, v in node.items() if k not in ("seeds", "model")})  # runner keys
             if not seeds:
-                yield name, plain, {}
+                yield name, plain, {}, model
                 continue
             for s in seeds:
-                yield f"{name}@seed{s}", plain, {"seed": int(s)}
+                yield f"{name}@seed{s}", plain, {"seed": int(s)}, model
 
     def _run_strategy(self, name: str, strategy, key: str, target: str, task: Task, lm, seed: int, bars) -> dict:
         folder = self.run_dir / name
@@ -267,6 +289,7 @@ class Runner:
                                   "settings": strategy.describe(), "model": model, "fingerprint": key,
                                   "prepare_s": prepare_s, "report": report})
         log = PredictionLog(folder / "predictions.jsonl")
+        counters = dict(getattr(lm, "counters", {}))
         todo = [ex for ex in task.heldout if ex.id not in log.done()]
         advance = bars(f"{name}: predict", len(task.heldout))
         advance(len(task.heldout) - len(todo))
@@ -280,8 +303,14 @@ class Runner:
         records = [log.records[ex.id] for ex in task.heldout]
         metrics = score_strategy(task, log.records)
         usage = summarize_usage(records)
+        if counters:  # requests, retries, cache hits and failures of this arm's backend during this run
+            usage["backend"] = {k: v - counters.get(k, 0) for k, v in lm.counters.items()}
         write_json(folder / "metrics.json", metrics)
         write_json(folder / "usage.json", usage)
+        if usage["failed"]:
+            display.status(f"[yellow]warning:[/yellow] {name}: {usage['failed']} request(s) failed (malformed or "
+                           f"empty answers, prompts over the server's context); scored as wrong, listed in "
+                           f"predictions.jsonl")
         if usage["truncated"]:
             display.status(f"[yellow]warning:[/yellow] {name}: {usage['truncated']} prompt(s) were longer than the "
                            f"model's context and were cut in the middle (counted in usage.json)")

@@ -43,6 +43,10 @@ class Strategy(Protocol):
     config errors can name the arm. An arm that changes the model's weights also exposes `tuned_lm` (the LM it
     predicts with after prepare), which the forgetting check scores on a control set."""
 
+    def check(self, task: Task, lm: Any) -> None:
+        """Refuse, before any arm runs, what the task or the arm's model backend cannot do (ConfigError naming the
+        arm and the capability)."""
+
     def prepare(self, ctx: PrepareContext) -> dict:
         """Build what predictions need (demos, index, adapter); return a JSON-able report (prepare.json)."""
 

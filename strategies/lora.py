@@ -103,12 +103,17 @@ class LoRA:
                 "seed": self.seed, "decode": self.decode, "max_new_tokens": self.max_new_tokens,
                 **self.prompts.describe()}
 
+    def check(self, task, lm) -> None:
+        """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
+        if TRAIN not in lm.capabilities:
+            raise ConfigError(f"arm {self.name!r} trains an adapter, which its {lm.describe().get('backend', '?')} "
+                              f"backend cannot do (use the transformers backend: model=hf or the default)",
+                              field=f"strategies.{self.name}")
+        self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
+
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, base = ctx.task, ctx.lm
-        if TRAIN not in base.capabilities:
-            raise ConfigError(f"arm {self.name!r} needs 'train' but its model backend cannot train",
-                              field=f"strategies.{self.name}")
-        inference.check_decode(self.task, base, self.decode, self.name)
+        self.check(self.task, base)
         seed = ctx.seed if self.seed is None else self.seed
         train, dev, dev_source = split_dev(self.task, self.dev_fraction, seed)
         report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source}
@@ -158,7 +163,7 @@ class LoRA:
 
         def metric(tuned) -> float:
             tuned.model.eval()
-            preds = inference.predict(self.task, tuned, dev, prompts, decode=self.decode,
+            preds = inference.predict(self.task, tuned, dev, prompts, decode=self.mode,
                                       max_new_tokens=self.max_new_tokens)
             tuned.model.train()
             result = score(self.task.type, [ex.target for ex in dev], [p.output for p in preds],
@@ -172,5 +177,5 @@ class LoRA:
         return getattr(self, "lm", None)
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
-        return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.decode,
+        return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
                                        max_new_tokens=self.max_new_tokens)

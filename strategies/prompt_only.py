@@ -35,20 +35,24 @@ class PromptOnly:
         mode = f"{self.shots}-shot" if self.shots else "zero-shot"
         if self.task.type == "classification" and self.shots:
             mode += " balanced"
-        if inference.uses_scoring(self.task, self.decode):
+        if self.mode == "score":
             mode += ", label scoring" + (" + calibration" if self.calibrate else "")
         else:
             mode += ", generation"
         return mode
 
+    def check(self, task, lm) -> None:
+        """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
+        self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
+
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
-        inference.check_decode(self.task, self.lm, self.decode, self.name)
+        self.check(self.task, self.lm)
         seed = ctx.seed if self.seed is None else self.seed
         self.demos = pick_demos(self.task, self.shots, seed)
         self._prompt(self.task.heldout[0])  # a template error surfaces here, before any prediction
         report = {"demo_ids": [d.id for d in self.demos], "seed": seed, "summary": self.summary()}
-        if self.calibrate and not inference.uses_scoring(self.task, self.decode):
+        if self.calibrate and self.mode != "score":
             report["calibration"] = "not applicable: calibration corrects label scores, and this arm generates"
         elif self.calibrate:
             free = [Example(f"content-free-{i}", text or " ", None) for i, text in enumerate(inference.CONTENT_FREE)]
@@ -62,4 +66,4 @@ class PromptOnly:
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict(self.task, self.lm, examples, [self._prompt(ex) for ex in examples],
-                                 decode=self.decode, max_new_tokens=self.max_new_tokens, prior=self.prior)
+                                 decode=self.mode, max_new_tokens=self.max_new_tokens, prior=self.prior)

@@ -128,9 +128,13 @@ class Retrieval:
         return {"kind": "retrieval", **self.prompts.describe(), "decode": self.decode,
                 "max_new_tokens": self.max_new_tokens}
 
+    def check(self, task, lm) -> None:
+        """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
+        self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
+
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
-        inference.check_decode(self.task, self.lm, self.decode, self.name)
+        self.check(self.task, self.lm)
         report = self.prompts.prepare(ctx)
         what = "passages" if self.prompts.mode == "knowledge" else "nearest demonstrations"
         report["summary"] = f"top-{report['k_used']} {what}" + (
@@ -139,6 +143,6 @@ class Retrieval:
         return report
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
-        return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.decode,
+        return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
                                        max_new_tokens=self.max_new_tokens)
 
