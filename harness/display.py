@@ -38,6 +38,14 @@ def error(message: str) -> None:
     console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True)
 
 
+def model_label(model: dict | None) -> str:
+    """`backend: model` as the tables show an arm's model."""
+    if not model:
+        return "–"
+    name = str(model.get("name_or_path", "?")).replace("packaged:", "")
+    return f"{model.get('backend', '?')}: {name}" + (" +adapter" if model.get("adapter") else "")
+
+
 def comparison_table(comparison: dict) -> Table:
     primary = comparison["primary_metric"]
     rows = comparison["strategies"]
@@ -49,7 +57,11 @@ def comparison_table(comparison: dict) -> Table:
                        if m != "invalid_rate" or any(r.get("metrics", {}).get(m) for r in rows.values()))
     table = Table(title=f"{comparison['task']} — held-out n={comparison['heldout_n']}, primary metric: {primary}",
                   title_justify="left")
+    models = {name: model_label(r.get("model")) for name, r in rows.items() if "error" not in r}
+    show_model = len(set(models.values())) > 1  # arms on different models: say which model each ran on
     table.add_column("strategy", style="bold", no_wrap=True)
+    if show_model:
+        table.add_column("model", no_wrap=True, max_width=34, overflow="ellipsis")
     table.add_column("setup", style="dim", no_wrap=True, max_width=30, overflow="ellipsis")
     table.add_column(primary, justify="right", style="bold green", no_wrap=True)
     table.add_column("95% CI", justify="right", no_wrap=True)
@@ -59,7 +71,8 @@ def comparison_table(comparison: dict) -> Table:
         table.add_column(col, justify="right", no_wrap=True)
     for name, r in rows.items():
         if "error" in r:
-            table.add_row(name, f"[red]failed: {r['error']}[/red]", *["–"] * (len(secondary) + 7))
+            table.add_row(name, *(["–"] if show_model else []), f"[red]failed: {r['error']}[/red]",
+                          *["–"] * (len(secondary) + 7))
             continue
         m, u, t = r["metrics"], r["usage"], r.get("training")
         spread = r.get("metrics_seed_std", {})
@@ -67,7 +80,8 @@ def comparison_table(comparison: dict) -> Table:
         ci = (intervals.get(name) or {}).get(primary, {}).get("ci")
         train = "–" if not t else f"{t['wall_s']:.0f}" + (" cached" if t.get("cached") else "")
         cost = priced.get(name) or {}
-        table.add_row(name + (" ✓" if name == choice else ""), r.get("summary", ""), main,
+        table.add_row(name + (" ✓" if name == choice else ""), *([models[name]] if show_model else []),
+                      r.get("summary", ""), main,
                       f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–", *[fmt(m.get(s)) for s in secondary],
                       f"{fmt(u['input_tokens']['mean'], 0)}/{fmt(u['output_tokens']['mean'], 0)}",
                       fmt(u["latency_s"]["mean"], 2), train,

@@ -101,12 +101,31 @@ def replicate_summary(results: dict[str, dict], members: list[str]) -> dict:
             "training": done[0].get("training")}
 
 
-def score_strategy(task: Task, records: dict[str, dict]) -> dict:
+def embedding_cosines(encode, outputs: list[str], references: list[Any]) -> list[float]:
+    """Cosine similarity of each output to its reference(s) (the best one), with normalised embeddings."""
+    refs = [[r] if isinstance(r, str) else list(r) for r in references]
+    flat = [r for rs in refs for r in rs]
+    out_vecs, ref_vecs = encode([o or " " for o in outputs]), encode(flat)
+    values, at = [], 0
+    for i, rs in enumerate(refs):
+        values.append(max(float(out_vecs[i] @ ref_vecs[at + j]) for j in range(len(rs))))
+        at += len(rs)
+    return values
+
+
+def score_strategy(task: Task, records: dict[str, dict], encode=None) -> dict:
+    """Score an arm's recorded outputs; `encode` (texts → normalised vectors) computes embedding_cosine."""
     examples = [ex for ex in task.heldout if ex.id in records]
     result = scoring.score(task.type, [ex.target for ex in examples], [records[ex.id]["output"] for ex in examples],
-                           labels=task.labels, label_text=task.label_text, fields=task.fields)
+                           labels=task.labels, label_text=task.label_text, fields=task.fields,
+                           schema=task.schema, rules=task.rules, metrics=task.metrics)
     per_example = {ex.id: s for ex, s in zip(examples, result["per_example"])}
     metrics = dict(result["metrics"])
+    if "embedding_cosine" in task.metrics and encode is not None and examples:
+        for ex, value in zip(examples, embedding_cosines(encode, [records[ex.id]["output"] for ex in examples],
+                                                         [ex.target for ex in examples])):
+            per_example[ex.id]["embedding_cosine"] = value
+        metrics = scoring.aggregate(task.type, list(per_example.values()), task.labels)
     gold = [(ex, records[ex.id].get("retrieved")) for ex in examples if ex.meta.get("doc_ids")]
     if gold and len(gold) == len(examples) and all(hits and all("doc_id" in h for h in hits) for _, hits in gold):
         depth = min(len(hits) for _, hits in gold)  # recall@k only where k passages were retrieved
@@ -213,6 +232,13 @@ class Runner:
                 raise ConfigError(f"arm {arm!r}: {e.reason}", field=field) from None
         return self._models[key]
 
+    def _encoder(self):
+        """The packaged embedder (checks.retriever), loaded once: embedding_cosine and the near-duplicate check."""
+        if getattr(self, "_encode", None) is None:
+            checks = self.cfg.get("checks") or {}
+            self._encode = _instantiate(checks.retriever, "the embedder").encode
+        return self._encode
+
     def _data_checks(self, task: Task) -> dict:
         """Overlap, label balance and personal data, before any training (data_checks.json)."""
         path = self.run_dir / "data_checks.json"
@@ -223,8 +249,7 @@ class Runner:
             return read_json(path)
         encode = None
         if checks.get("near_duplicates", True):
-            retriever = _instantiate(checks.retriever, "the near-duplicate embedder")
-            encode = retriever.encode
+            encode = self._encoder()
         display.status("data checks: overlap with train/knowledge, label balance, personal data")
         result = {"key": key, "data_hashes": dict(task.data_hashes),
                   **datachecks.run_checks(task, encode, float(checks.get("near_threshold", 0.95)))}
@@ -301,7 +326,7 @@ class Runner:
             log.append(p.to_json() for p in predictions)
             advance(len(batch))
         records = [log.records[ex.id] for ex in task.heldout]
-        metrics = score_strategy(task, log.records)
+        metrics = score_strategy(task, log.records, self._encoder() if "embedding_cosine" in task.metrics else None)
         usage = summarize_usage(records)
         if counters:  # requests, retries, cache hits and failures of this arm's backend during this run
             usage["backend"] = {k: v - counters.get(k, 0) for k, v in lm.counters.items()}

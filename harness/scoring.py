@@ -126,7 +126,10 @@ def macro_f1(labels: Sequence[str], gold: Sequence[str], parsed: Sequence[str | 
 # Metrics that are the mean of one per-example value: the key each is averaged from.
 MEAN_OF = {"accuracy": "correct", "invalid_rate": "invalid", "exact_match": "exact_match", "token_f1": "token_f1",
            "field_accuracy": "field_accuracy", "record_exact_match": "record_exact_match",
-           "valid_json_rate": "valid_json", "mrr": "reciprocal_rank"}
+           "valid_json_rate": "valid_json", "schema_valid_rate": "schema_valid", "mrr": "reciprocal_rank",
+           "chrf": "chrf", "rouge_l": "rouge_l", "embedding_cosine": "embedding_cosine", "rules_pass": "rules_pass",
+           "judge_pass": "judge_pass"}
+GENERATION_METRICS = ("exact_match", "token_f1", "chrf", "rouge_l", "embedding_cosine", "rules_pass", "judge_pass")
 
 
 def mean_key(metric: str) -> str | None:
@@ -139,6 +142,8 @@ def aggregate(task_type: str, records: Sequence[Mapping], labels: Sequence[str] 
     point estimates and for bootstrap resamples alike."""
     records = list(records)
     metrics = {}
+    if not records:
+        return metrics
     if task_type == "classification":
         metrics = {"accuracy": _mean(records, "correct"),
                    "macro_f1": macro_f1(labels, [r["gold"] for r in records], [r["parsed"] for r in records]),
@@ -146,9 +151,10 @@ def aggregate(task_type: str, records: Sequence[Mapping], labels: Sequence[str] 
     elif task_type == "extraction":
         tp, fp, fn = (sum(r[k] for r in records) for k in ("tp", "fp", "fn"))
         metrics = {"field_f1": _f1(tp, fp, fn), **{m: _mean(records, MEAN_OF[m]) for m in
-                                                   ("field_accuracy", "record_exact_match", "valid_json_rate")}}
+                                                   ("field_accuracy", "record_exact_match", "valid_json_rate",
+                                                    "schema_valid_rate") if MEAN_OF[m] in records[0]}}
     elif task_type == "generation":
-        metrics = {m: _mean(records, m) for m in ("exact_match", "token_f1")}
+        metrics = {m: _mean(records, m) for m in GENERATION_METRICS if m in records[0]}
     else:
         raise ValueError(f"unknown task type {task_type!r}")
     extra = sorted({k for r in records[:1] for k in r if k.startswith("recall@")})
@@ -179,15 +185,56 @@ def score_classification(labels: Sequence[str], targets: Sequence[str], outputs:
                         "confusion": {"rows": list(labels), "columns": columns, "counts": matrix}}}
 
 
-def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs: Sequence[str]) -> dict:
+def _number_fields(schema: Mapping | None) -> set[str]:
+    """Fields whose schema type is a number: compared as numbers (1250 = 1250.00 = "1,250.00")."""
+    props = (schema or {}).get("properties") or {}
+    out = set()
+    for name, prop in props.items():
+        kinds = prop.get("type") if isinstance(prop, Mapping) else None
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds or [])
+        if "number" in kinds or "integer" in kinds:
+            out.add(name)
+    return out
+
+
+def _as_number(value: Any) -> Any:
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        return format(float(str(value).replace(",", "").strip()), ".6g")
+    except ValueError:
+        return value
+
+
+def schema_valid(schema: Mapping, obj: Any) -> bool:
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)(_thaw(schema))
+    return validator.is_valid(obj)
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs: Sequence[str],
+                     schema: Mapping | None = None) -> dict:
     field_hits = Counter()
+    numbers = _number_fields(schema)
     per_example = []
     for gold, out in zip(targets, outputs):
         obj = parse_json_object(out)
         pred = obj if obj is not None else {}
         hits, tp, fp, fn = {}, 0, 0, 0
         for f in fields:
-            g, p = _norm_value(gold.get(f)), _norm_value(pred.get(f))
+            g, p = gold.get(f), pred.get(f)
+            if f in numbers:
+                g, p = _as_number(g), _as_number(p)
+            g, p = _norm_value(g), _norm_value(p)
             hits[f] = int(g == p)
             field_hits[f] += hits[f]
             if p is not None and p == g:
@@ -195,9 +242,11 @@ def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs:
             else:
                 fp += p is not None
                 fn += g is not None
-        per_example.append({"valid_json": int(obj is not None), "fields": hits, "tp": tp, "fp": fp, "fn": fn,
-                            "record_exact_match": int(all(hits.values())),
-                            "field_accuracy": sum(hits.values()) / len(fields)})
+        record = {"valid_json": int(obj is not None), "fields": hits, "tp": tp, "fp": fp, "fn": fn,
+                  "record_exact_match": int(all(hits.values())), "field_accuracy": sum(hits.values()) / len(fields)}
+        if schema is not None:
+            record["schema_valid"] = int(obj is not None and schema_valid(schema, obj))
+        per_example.append(record)
     n = len(targets)
     micro = {k: sum(e[k] for e in per_example) for k in ("tp", "fp", "fn")}
     return {"metrics": aggregate("extraction", per_example), "per_example": per_example,
@@ -205,14 +254,48 @@ def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs:
                         "micro": micro}}
 
 
-def score_generation(targets: Sequence[str | Sequence[str]], outputs: Sequence[str]) -> dict:
+def chrf(prediction: str, references: Sequence[str]) -> float:
+    """chrF (sacrebleu, character n-grams, β = 2) against the references, on a 0–1 scale."""
+    from sacrebleu.metrics import CHRF
+
+    return CHRF().sentence_score(prediction, list(references)).score / 100
+
+
+_ROUGE = None
+
+
+def rouge_l(prediction: str, references: Sequence[str]) -> float:
+    """ROUGE-L F-measure (rouge-score, Porter stemming), the best over the references."""
+    global _ROUGE
+    if _ROUGE is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return max(_ROUGE.score(r, prediction)["rougeL"].fmeasure for r in references)
+
+
+def score_generation(targets: Sequence[str | Sequence[str]], outputs: Sequence[str], rules: Sequence[Mapping] = (),
+                     metrics: Sequence[str] = ()) -> dict:
+    from harness.rules import check_all
+
     per_example = []
     for refs, out in zip(targets, outputs):
         refs = [refs] if isinstance(refs, str) else list(refs)
-        em = max(int(normalize_answer(out) == normalize_answer(r)) for r in refs)
-        f1 = max(token_f1(out, r) for r in refs)
-        per_example.append({"exact_match": em, "token_f1": f1})
-    return {"metrics": aggregate("generation", per_example), "per_example": per_example, "details": {}}
+        record = {"exact_match": max(int(normalize_answer(out) == normalize_answer(r)) for r in refs),
+                  "token_f1": max(token_f1(out, r) for r in refs)}
+        if "chrf" in metrics:
+            record["chrf"] = chrf(out, refs)
+        if "rouge_l" in metrics:
+            record["rouge_l"] = rouge_l(out, refs)
+        if rules:
+            record["rules"] = check_all(rules, out)
+            record["rules_pass"] = int(all(record["rules"].values()))
+        per_example.append(record)
+    details = {}
+    if rules and per_example:
+        details["per_rule_pass_rate"] = {r["name"]: sum(e["rules"][r["name"]] for e in per_example) / len(per_example)
+                                         for r in rules}
+    return {"metrics": aggregate("generation", per_example), "per_example": per_example, "details": details}
 
 
 def retrieval_per_example(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[str]],
@@ -238,7 +321,8 @@ def retrieval_metrics(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[s
 
 
 def score(task_type: str, targets: Sequence[Any], outputs: Sequence[str], *, labels: Sequence[str] = (),
-          label_text: Mapping[str, str] | None = None, fields: Sequence[str] = ()) -> dict:
+          label_text: Mapping[str, str] | None = None, fields: Sequence[str] = (), schema: Mapping | None = None,
+          rules: Sequence[Mapping] = (), metrics: Sequence[str] = ()) -> dict:
     """Score aligned targets and raw model outputs for one strategy. Returns metrics, per-example scores
     (same order as the inputs) and details (confusion matrix, per-label or per-field breakdown)."""
     if len(targets) != len(outputs):
@@ -246,7 +330,7 @@ def score(task_type: str, targets: Sequence[Any], outputs: Sequence[str], *, lab
     if task_type == "classification":
         return score_classification(labels, targets, outputs, label_text)
     if task_type == "extraction":
-        return score_extraction(fields, targets, outputs)
+        return score_extraction(fields, targets, outputs, schema)
     if task_type == "generation":
-        return score_generation(targets, outputs)
+        return score_generation(targets, outputs, rules, metrics)
     raise ValueError(f"unknown task type {task_type!r}")

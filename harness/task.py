@@ -28,13 +28,16 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from harness.errors import TaskError
+from harness.rules import load_rules
 
 TASK_TYPES = ("classification", "extraction", "generation")
 SPLITS = ("train", "heldout", "dev", "knowledge", "control")
 REQUIRED_SPLITS = ("train", "heldout")
 DEFAULT_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generation": "token_f1"}
-TASK_KEYS = {"name", "type", "description", "instruction", "labels", "label_text", "fields", "metric",
-             "splits", "columns", "allow_overlap", "data_root"}
+TASK_KEYS = {"name", "type", "description", "instruction", "labels", "label_text", "fields", "metric", "metrics",
+             "rules", "schema", "judge", "splits", "columns", "allow_overlap", "data_root"}
+# Metrics that need something declared in task.yaml, or computed by the runner with a model
+NEEDS = {"rules_pass": "rules", "schema_valid_rate": "schema", "judge_pass": "judge"}
 DATA_ROOT_ENV = "HARNESS_DATA_ROOT"
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 
@@ -67,6 +70,10 @@ class Task:
     fields: tuple[str, ...] = ()
     description: str = ""
     overlap: tuple[tuple[str, str], ...] = ()  # (heldout id, train id) pairs with identical input
+    metrics: tuple[str, ...] = ()              # the metrics to compute besides the always-on ones (task.yaml)
+    rules: tuple[Mapping[str, Any], ...] = ()  # output rules (harness/rules.py)
+    schema: Mapping[str, Any] | None = None    # JSON Schema of an extraction answer
+    judge: Mapping[str, Any] | None = None     # {rubric, marked: [hand-marked examples]} for an LLM judge
 
     @property
     def train(self) -> tuple[Example, ...]:
@@ -193,12 +200,57 @@ class _Spec:
         if self.metric not in _metric_names(self.type):
             raise TaskError(f"unknown metric {self.metric!r} for {self.type} (choose from "
                             f"{', '.join(_metric_names(self.type))})", file=path, field="metric")
+        metrics = raw.get("metrics") or []
+        if not isinstance(metrics, list):
+            raise TaskError("must be a list of metric names", file=path, field="metrics")
+        for m in metrics:
+            if m not in _metric_names(self.type):
+                raise TaskError(f"unknown metric {m!r} for {self.type} (choose from "
+                                f"{', '.join(_metric_names(self.type))})", file=path, field="metrics")
+        self.metrics = tuple(dict.fromkeys([self.metric, *map(str, metrics)]))
+        self.rules = load_rules(raw.get("rules"), path)
+        self.schema = self._schema(raw.get("schema"))
+        self.judge_raw = raw.get("judge")
+        if self.judge_raw is not None and (not isinstance(self.judge_raw, dict) or not str(
+                self.judge_raw.get("rubric") or "").strip()):
+            raise TaskError("must be a mapping with a rubric (and optionally marked: FILE of hand-marked outputs)",
+                            file=path, field="judge")
+        for m in self.metrics:
+            need = NEEDS.get(m)
+            if need and not getattr(self, need if need != "judge" else "judge_raw"):
+                raise TaskError(f"metric {m!r} needs `{need}:` in task.yaml", file=path, field="metrics")
+
+    def _schema(self, value: Any) -> Mapping[str, Any] | None:
+        if value is None:
+            return None
+        if self.type != "extraction":
+            raise TaskError(f"only extraction tasks have a schema (type is {self.type})", file=self.path,
+                            field="schema")
+        if isinstance(value, str):
+            file = self.path.parent / value
+            if not file.is_file():
+                raise TaskError(f"schema file not found: {file}", file=self.path, field="schema")
+            try:
+                value = json.loads(_read_text(file))
+            except json.JSONDecodeError as e:
+                raise TaskError(f"not valid JSON ({e.msg})", file=file, line=e.lineno) from None
+        if not isinstance(value, dict):
+            raise TaskError("must be a JSON Schema object or a file holding one", file=self.path, field="schema")
+        import jsonschema
+
+        try:
+            jsonschema.validators.validator_for(value).check_schema(value)
+        except jsonschema.SchemaError as e:
+            raise TaskError(f"not a valid JSON Schema ({e.message})", file=self.path, field="schema") from None
+        return value
 
 
 def _metric_names(task_type: str) -> tuple[str, ...]:
     return {"classification": ("accuracy", "macro_f1"),
-            "extraction": ("field_f1", "field_accuracy", "record_exact_match", "valid_json_rate"),
-            "generation": ("exact_match", "token_f1")}[task_type]
+            "extraction": ("field_f1", "field_accuracy", "record_exact_match", "valid_json_rate",
+                           "schema_valid_rate"),
+            "generation": ("exact_match", "token_f1", "chrf", "rouge_l", "embedding_cosine", "rules_pass",
+                           "judge_pass")}[task_type]
 
 
 def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Example:
@@ -240,6 +292,15 @@ def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Examp
         if extra:
             raise TaskError(f"key {extra[0]!r} is not one of the task's fields ({', '.join(spec.fields)})",
                             file=path, line=line, field=cols["target"])
+        if spec.schema is not None:
+            import jsonschema
+
+            problem = jsonschema.exceptions.best_match(
+                jsonschema.validators.validator_for(spec.schema)(spec.schema).iter_errors(target))
+            if problem is not None:
+                where = ".".join(str(p) for p in problem.absolute_path)
+                raise TaskError(f"the gold answer breaks the task's schema ({problem.message})", file=path,
+                                line=line, field=f"{cols['target']}.{where}" if where else cols["target"])
         target = MappingProxyType({f: target.get(f) for f in spec.fields})
     else:
         if isinstance(target, list):
@@ -382,4 +443,29 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
                 data_hashes=MappingProxyType(hashes), labels=spec.labels,
                 label_descriptions=MappingProxyType(spec.label_descriptions),
                 label_text=MappingProxyType(spec.label_text), fields=spec.fields,
-                description=spec.description, overlap=overlap)
+                description=spec.description, overlap=overlap, metrics=spec.metrics, rules=spec.rules,
+                schema=_freeze(spec.schema) if spec.schema is not None else None,
+                judge=_judge(spec, directory))
+
+
+def _judge(spec: _Spec, directory: Path) -> Mapping[str, Any] | None:
+    """The judge's rubric and the hand-marked outputs its agreement is measured on (judge.marked file)."""
+    raw = spec.judge_raw
+    if raw is None:
+        return None
+    marked = []
+    if raw.get("marked"):
+        file = directory / str(raw["marked"])
+        if not file.is_file():
+            raise TaskError(f"hand-marked file not found: {file}", file=spec.path, field="judge.marked")
+        for line, rec in _rows(file):
+            mark = str(rec.get("mark", "")).upper()
+            if mark not in ("PASS", "FAIL"):
+                raise TaskError(f"must be PASS or FAIL, got {rec.get('mark')!r}", file=file, line=line, field="mark")
+            for key in ("example_id", "output"):
+                if not isinstance(rec.get(key), str) or not rec[key].strip():
+                    raise TaskError("missing or empty", file=file, line=line, field=key)
+            marked.append(MappingProxyType({"id": str(rec.get("id", f"marked-{line}")), "example_id": rec["example_id"],
+                                            "output": rec["output"], "mark": mark, "line": line}))
+    return MappingProxyType({"rubric": str(raw["rubric"]).strip(), "marked": tuple(marked),
+                             "marked_file": str(raw.get("marked") or "")})

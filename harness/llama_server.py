@@ -1,0 +1,96 @@
+"""Start and stop llama-cpp-python's OpenAI-compatible server on a GGUF model, on 127.0.0.1 and a free port.
+
+Used by the `server` tests and bench/backends.py; also handy by hand:
+    python -m harness.llama_server packaged:smollm2-135m-instruct   # prints the base_url, Ctrl-C stops it
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from harness.lm_llamacpp import gguf_file
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """`with LlamaServer(model) as server:` … `server.base_url` (…/v1). `stop()` and `start()` can be called again
+    (the fault tests kill and restart it on the same port)."""
+
+    def __init__(self, model: str, port: int | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+                 cache_dir: str | None = None, log: Path | None = None):
+        self.file = gguf_file(model, Path(cache_dir or os.environ.get("HARNESS_CACHE", "~/.cache/harness")).expanduser())
+        self.port = port or free_port()
+        self.n_ctx, self.n_threads, self.log = n_ctx, n_threads, log
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float = 120.0) -> "LlamaServer":
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.file), "--host", "127.0.0.1",
+               "--port", str(self.port), "--n_ctx", str(self.n_ctx)]
+        if self.n_threads:
+            cmd += ["--n_threads", str(self.n_threads)]
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited with code {self.proc.returncode} while starting"
+                                   + (f" (log: {self.log})" if self.log else ""))
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"llama.cpp server did not answer within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): it accepts connections but never answers, like a hung server."""
+        if self.proc:
+            self.proc.send_signal(__import__("signal").SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc:
+            self.proc.send_signal(__import__("signal").SIGCONT)
+
+    def __enter__(self) -> "LlamaServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.resume()
+        self.stop()
+
+
+if __name__ == "__main__":
+    with LlamaServer(sys.argv[1] if len(sys.argv) > 1 else "packaged:smollm2-135m-instruct") as server:
+        print(server.base_url, flush=True)
+        try:
+            server.proc.wait()
+        except KeyboardInterrupt:
+            pass

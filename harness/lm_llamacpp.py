@@ -1,0 +1,135 @@
+"""llama.cpp backend (llama-cpp-python, in-process) for GGUF models: fast CPU generation.
+
+Prompts are rendered with the GGUF's own chat template (the one the Hugging Face tokenizer carries too), or the
+plain format of models without one, so a prompt reads the same on every backend. Greedy generation (temperature 0)
+reuses the KV cache of the longest prefix shared with the previous prompt (instruction and demonstrations).
+Label scoring evaluates each prompt once and every label continuation from its cached state (`logits_all`). The
+model cannot be trained here: LoRA arms refuse this backend at config time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from harness import packaged
+from harness.errors import ConfigError
+from harness.lm import GENERATE, SCORE, ChoiceScores, Generation, cut_middle, plain_prompt
+
+
+def gguf_file(model_path: str, cache_dir: Path) -> Path:
+    """`packaged:NAME` → the packaged GGUF file; otherwise a .gguf path on disk."""
+    if model_path.startswith(packaged.PREFIX):
+        return packaged.gguf_path(model_path[len(packaged.PREFIX):], cache_dir)
+    path = Path(model_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"GGUF file not found: {path} (llama.cpp loads .gguf files; packaged:NAME for the "
+                          f"packaged ones)", field="model.model_path")
+    return path
+
+
+class LlamaCppLM:
+    capabilities = frozenset({GENERATE, SCORE})
+
+    def __init__(self, model_path: str, cache_dir: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+                 n_batch: int = 512, chat_template: str = "auto", status=None):
+        try:
+            from llama_cpp import Llama
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError:
+            raise ConfigError("the llama.cpp backend needs llama-cpp-python (run the README's set-up command)",
+                              field="model._target_") from None
+        self.model_path = model_path
+        path = gguf_file(str(model_path), Path(cache_dir or "~/.cache/harness").expanduser())
+        self.n_ctx = int(n_ctx)
+        # logits_all keeps every position's logits, which label scoring reads; generation does not need them but
+        # one Llama serves both, and at n_ctx 2048 the buffer is ~0.4 GB for a 49k vocabulary.
+        self.llm = Llama(str(path), n_ctx=self.n_ctx, n_threads=n_threads, n_batch=int(n_batch), logits_all=True,
+                         verbose=False)
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if chat_template not in ("auto", "on", "off"):
+            raise ConfigError(f"must be auto, on or off, got {chat_template!r}", field="model.chat_template")
+        if chat_template == "on" and not template:
+            raise ConfigError(f"{path.name} has no chat template", field="model.chat_template")
+        self.use_chat = bool(template) and chat_template != "off"
+        text = self.llm._model.token_get_text
+        self.formatter = (Jinja2ChatFormatter(template=template, eos_token=text(self.llm.token_eos()),
+                                              bos_token=text(self.llm.token_bos()))
+                          if self.use_chat else None)
+        self.separator = "" if self.use_chat else " "
+        self.file = path
+
+    # ---- prompts and tokens -------------------------------------------------------------------------------
+    def render(self, messages: Sequence[dict]) -> str:
+        if self.formatter is None:
+            return plain_prompt(messages)
+        return self.formatter(messages=[dict(m) for m in messages]).prompt
+
+    def _tokens(self, text: str, bos: bool) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=True)
+
+    def encode(self, text: str, reserve: int = 0) -> tuple[list[int], bool]:
+        ids = self._tokens(text, bos=not self.use_chat)  # as the transformers backend: BOS for plain prompts
+        budget = self.n_ctx - reserve
+        return (ids, False) if len(ids) <= budget else (cut_middle(ids, budget), True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokens(text, bos=not self.use_chat))
+
+    def describe(self) -> dict:
+        return {"backend": "llama.cpp", "name_or_path": str(self.model_path), "file": self.file.name,
+                "device": "cpu", "n_ctx": self.n_ctx, "n_threads": self.llm.n_threads,
+                "chat_template": self.use_chat, "quantization": self.file.suffix and self.file.stem.split(".")[-1]}
+
+    def close(self) -> None:
+        self.llm.close()
+
+    # ---- generation ---------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[Generation]:
+        out = []
+        for prompt in prompts:
+            ids, truncated = self.encode(prompt, reserve=max_new_tokens)
+            start = time.perf_counter()
+            result = self.llm.create_completion(ids, max_tokens=int(max_new_tokens), temperature=0.0,
+                                                stop=list(stop) or None)
+            seconds = time.perf_counter() - start
+            usage = result["usage"]
+            out.append(Generation(result["choices"][0]["text"].strip(), usage["prompt_tokens"],
+                                  usage["completion_tokens"], seconds, truncated))
+        return out
+
+    # ---- label scoring ------------------------------------------------------------------------------------
+    def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceScores]:
+        choice_ids = [self._tokens(self.separator + c, bos=False) for c in choices]
+        if any(not c for c in choice_ids):
+            raise ConfigError("a label tokenizes to nothing; give it a readable label_text", field="labels")
+        llm, results = self.llm, []
+        for prompt in prompts:
+            ids, truncated = self.encode(prompt, reserve=max(len(c) for c in choice_ids))
+            start = time.perf_counter()
+            shared = llm.longest_token_prefix(llm.input_ids[:llm.n_tokens].tolist(), ids)
+            llm.n_tokens = min(shared, len(ids) - 1)  # keep the cached prefix; eval re-runs at least one token
+            llm.eval(ids[llm.n_tokens:])
+            last = _log_softmax(llm.scores[len(ids) - 1])
+            logprobs = []
+            for c in choice_ids:
+                total = float(last[c[0]])
+                if len(c) > 1:
+                    llm.n_tokens = len(ids)
+                    llm.eval(c[:-1])
+                    rows = llm.scores[len(ids):len(ids) + len(c) - 1]
+                    total += float(sum(_log_softmax(row)[t] for row, t in zip(rows, c[1:])))
+                logprobs.append(total)
+            llm.n_tokens = len(ids)
+            results.append(ChoiceScores(logprobs, len(ids), sum(len(c) for c in choice_ids),
+                                        time.perf_counter() - start, truncated))
+        return results
+
+
+def _log_softmax(row: np.ndarray) -> np.ndarray:
+    row = row.astype(np.float64)
+    top = row.max()
+    return row - top - np.log(np.exp(row - top).sum())
