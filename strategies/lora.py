@@ -167,7 +167,8 @@ class LoRA:
                                       max_new_tokens=self.max_new_tokens)
             tuned.model.train()
             result = score(self.task.type, [ex.target for ex in dev], [p.output for p in preds],
-                           labels=self.task.labels, label_text=self.task.label_text, fields=self.task.fields)
+                           labels=self.task.labels, label_text=self.task.label_text, fields=self.task.fields,
+                           schema=self.task.schema, rules=self.task.rules, metrics=self.task.metrics)
             return result["metrics"][self.task.metric]
         return metric
 
