@@ -27,6 +27,7 @@ class CostConfig:
     labelling_cost_per_example: float
     reference_api: Mapping[str, Any] | None
     example: bool
+    api_prices: Mapping[str, Mapping[str, float]] | None = None  # served model name → per-1M-token prices
 
 
 def _number(raw: Mapping, key: str, field: str, *, positive: bool = False, optional: bool = False) -> float | None:
@@ -54,6 +55,14 @@ def load_cost_config(raw: Mapping | None) -> CostConfig:
             raise ConfigError("must name the arm whose prompts the reference model is priced on",
                               field="cost.reference_api.prompts_of")
     retrain = _number(ft, "retrain_every_months", "cost.fine_tuning.retrain_every_months", optional=True)
+    api_prices = raw.get("api_prices") or {}
+    if not isinstance(api_prices, Mapping):
+        raise ConfigError("must map served model names to {input_per_1m, output_per_1m}", field="cost.api_prices")
+    for model, prices in api_prices.items():
+        if not isinstance(prices, Mapping):
+            raise ConfigError("must be {input_per_1m: …, output_per_1m: …}", field=f"cost.api_prices.{model}")
+        for key in ("input_per_1m", "output_per_1m"):
+            _number(prices, key, f"cost.api_prices.{model}.{key}")
     return CostConfig(currency=str(raw.get("currency", "USD")),
                       volume_per_month=_number(raw, "volume_per_month", "cost.volume_per_month"),
                       horizon_months=_number(raw, "horizon_months", "cost.horizon_months", positive=True),
@@ -63,25 +72,44 @@ def load_cost_config(raw: Mapping | None) -> CostConfig:
                       upkeep_per_month=_number(ft, "upkeep_per_month", "cost.fine_tuning.upkeep_per_month") or 0.0,
                       labelling_cost_per_example=_number(ft, "labelling_cost_per_example",
                                                          "cost.fine_tuning.labelling_cost_per_example") or 0.0,
-                      reference_api=dict(api) if api else None, example=bool(raw.get("example", False)))
+                      reference_api=dict(api) if api else None, example=bool(raw.get("example", False)),
+                      api_prices={str(k): {p: float(v[p]) for p in ("input_per_1m", "output_per_1m")}
+                                  for k, v in api_prices.items()})
+
+
+def token_price(arm: Mapping, cfg: CostConfig) -> Mapping[str, float] | None:
+    """Per-token prices of an arm served by an API (its model named in cost.api_prices), else None."""
+    model = arm.get("model") or {}
+    if model.get("backend") != "openai-http" or not cfg.api_prices:
+        return None
+    return cfg.api_prices.get(str(model.get("name_or_path")))
 
 
 def arm_cost(arm: Mapping, cfg: CostConfig) -> dict:
-    """Costs of one arm from its recorded result (usage, training, prepare_s, train_examples)."""
+    """Costs of one arm from its recorded result (usage, training, prepare_s, train_examples), priced by its own
+    backend: an arm on an API model listed in `api_prices` pays its measured tokens at those prices; every other
+    arm (transformers, llama.cpp, a server you host) pays the hourly price × its measured time per request."""
     usage = arm["usage"]
     seconds_per_request = 1 / usage["examples_per_s"] if usage.get("examples_per_s") else None
-    per_1k = None if seconds_per_request is None else cfg.price_per_hour * seconds_per_request * 1000 / 3600
+    prices = token_price(arm, cfg)
+    if prices is not None:
+        tokens_in, tokens_out = usage["input_tokens"]["mean"] or 0.0, usage["output_tokens"]["mean"] or 0.0
+        per_1k = 1000 * (tokens_in * prices["input_per_1m"] + tokens_out * prices["output_per_1m"]) / 1e6
+    else:
+        per_1k = None if seconds_per_request is None else cfg.price_per_hour * seconds_per_request * 1000 / 3600
     training = arm.get("training")
     fine_tuned = bool(training)
     train_compute = (training["wall_s"] / 3600 * cfg.train_price_per_hour) if fine_tuned else 0.0
-    setup_compute = (arm.get("prepare_s") or 0.0) / 3600 * cfg.price_per_hour if not fine_tuned else 0.0
+    setup_compute = ((arm.get("prepare_s") or 0.0) / 3600 * cfg.price_per_hour
+                     if not fine_tuned and prices is None else 0.0)
     labelled = (training.get("train_examples") or 0) + (training.get("dev_examples") or 0) if fine_tuned else 0
     labelling = cfg.labelling_cost_per_example * labelled
     one_off = train_compute + setup_compute + labelling
     recurring = 0.0
     if fine_tuned:
         recurring = cfg.upkeep_per_month + (train_compute / cfg.retrain_every_months if cfg.retrain_every_months else 0.0)
-    result = {"fine_tuned": fine_tuned, "seconds_per_request": seconds_per_request, "per_1k_requests": per_1k,
+    result = {"fine_tuned": fine_tuned, "pricing": "per_token" if prices is not None else "per_hour",
+              "seconds_per_request": seconds_per_request, "per_1k_requests": per_1k,
               "one_off": one_off, "one_off_parts": {"training_compute": train_compute, "setup_compute": setup_compute,
                                                     "labelling": labelling},
               "recurring_per_month": recurring}

@@ -1,7 +1,7 @@
 """Start and stop llama-cpp-python's OpenAI-compatible server on a GGUF model, on 127.0.0.1 and a free port.
 
 Used by the `server` tests and bench/backends.py; also handy by hand:
-    python -m harness.llama_server packaged:smollm2-135m-instruct   # prints the base_url, Ctrl-C stops it
+    python -m harness.llama_server [packaged:smollm2-135m-instruct|FILE.gguf] [--port 8000]   # Ctrl-C stops it
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class LlamaServer:
     """`with LlamaServer(model) as server:` … `server.base_url` (…/v1). `stop()` and `start()` can be called again
     (the fault tests kill and restart it on the same port)."""
 
-    def __init__(self, model: str, port: int | None = None, n_ctx: int = 2048, n_threads: int | None = None,
+    def __init__(self, model: str, port: int | None = None, n_ctx: int = 8192, n_threads: int | None = None,
                  cache_dir: str | None = None, log: Path | None = None):
         self.file = gguf_file(model, Path(cache_dir or os.environ.get("HARNESS_CACHE", "~/.cache/harness")).expanduser())
         self.port = port or free_port()
@@ -88,8 +88,18 @@ class LlamaServer:
 
 
 if __name__ == "__main__":
-    with LlamaServer(sys.argv[1] if len(sys.argv) > 1 else "packaged:smollm2-135m-instruct") as server:
-        print(server.base_url, flush=True)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m harness.llama_server",
+                                     description="Serve a GGUF model with llama.cpp's OpenAI-compatible server.")
+    parser.add_argument("model", nargs="?", default="packaged:smollm2-135m-instruct",
+                        help="packaged:NAME or a .gguf path (default: the packaged SmolLM2-135M-Instruct)")
+    parser.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000, as "
+                        "conf/model/llama_server.yaml expects)")
+    parser.add_argument("--n_ctx", type=int, default=8192, help="context tokens (default 8192)")
+    args = parser.parse_args()
+    with LlamaServer(args.model, port=args.port, n_ctx=args.n_ctx) as server:
+        print(f"serving {server.file.name} at {server.base_url} (Ctrl-C stops it)", flush=True)
         try:
             server.proc.wait()
         except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from harness import cost, datachecks, display, forgetting, provenance, report, rundata, scoring
+from harness import cost, datachecks, display, forgetting, judge, provenance, report, rundata, scoring
 from harness.errors import ConfigError, HarnessError
 from harness.results import PredictionLog, read_json, write_json
 from harness.strategy import PrepareContext
@@ -113,8 +113,9 @@ def embedding_cosines(encode, outputs: list[str], references: list[Any]) -> list
     return values
 
 
-def score_strategy(task: Task, records: dict[str, dict], encode=None) -> dict:
-    """Score an arm's recorded outputs; `encode` (texts → normalised vectors) computes embedding_cosine."""
+def score_strategy(task: Task, records: dict[str, dict], encode=None, extra: dict | None = None) -> dict:
+    """Score an arm's recorded outputs; `encode` (texts → normalised vectors) computes embedding_cosine; `extra`
+    adds per-example values measured elsewhere ({"judge_pass": {id: 0/1}})."""
     examples = [ex for ex in task.heldout if ex.id in records]
     result = scoring.score(task.type, [ex.target for ex in examples], [records[ex.id]["output"] for ex in examples],
                            labels=task.labels, label_text=task.label_text, fields=task.fields,
@@ -125,6 +126,11 @@ def score_strategy(task: Task, records: dict[str, dict], encode=None) -> dict:
         for ex, value in zip(examples, embedding_cosines(encode, [records[ex.id]["output"] for ex in examples],
                                                          [ex.target for ex in examples])):
             per_example[ex.id]["embedding_cosine"] = value
+        metrics = scoring.aggregate(task.type, list(per_example.values()), task.labels)
+    if extra and examples:
+        for key, values in extra.items():
+            for ex in examples:
+                per_example[ex.id][key] = values[ex.id]
         metrics = scoring.aggregate(task.type, list(per_example.values()), task.labels)
     gold = [(ex, records[ex.id].get("retrieved")) for ex in examples if ex.meta.get("doc_ids")]
     if gold and len(gold) == len(examples) and all(hits and all("doc_id" in h for h in hits) for _, hits in gold):
@@ -176,6 +182,7 @@ class Runner:
             arms[arm_name] = (strategy, key, node["_target_"], arm_lm)
             if extra:
                 replicated.setdefault(arm_name.split("@")[0], []).append(arm_name)
+        self.judge_lm = self._judge_model(task, lm)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "run.json", {
             **provenance.collect(CODE_DIR), "task": task.name, "task_dir": str(task.directory.resolve()),
@@ -186,6 +193,7 @@ class Runner:
             display.status(f"[yellow]warning:[/yellow] {len(task.overlap)} held-out inputs also appear in train "
                            f"(allowed by allow_overlap)")
         self._data_checks(task)
+        judged = self._judge_agreement(task)
         results: dict[str, dict] = {}
         with display.progress() as bars:
             for name, (strategy, key, target, arm_lm) in arms.items():
@@ -208,7 +216,7 @@ class Runner:
         comparison = {"task": task.name, "task_type": task.type, "primary_metric": task.metric,
                       "heldout_n": len(task.heldout), "run_dir": str(self.run_dir), "model": model,
                       "labels": list(task.labels), "fields": list(task.fields),
-                      "strategies": results}
+                      **({"judge": judged} if judged else {}), "strategies": results}
         write_json(self.run_dir / "comparison.json", comparison)
         try:  # what was measured is on disk already; the decision and report are re-made from it
             comparison = rundata.decide_run(self.run_dir)
@@ -238,6 +246,68 @@ class Runner:
             checks = self.cfg.get("checks") or {}
             self._encode = _instantiate(checks.retriever, "the embedder").encode
         return self._encode
+
+    def _judge_model(self, task: Task, lm):
+        """The LLM judge's model when `judge.enabled` (the run's model unless `+model@judge.model=…`), checked
+        before any work."""
+        settings = self.cfg.get("judge") or {}
+        if not settings.get("enabled"):
+            return None
+        if task.type != "generation" or not task.judge:
+            raise ConfigError(f"the LLM judge needs a generation task with `judge: {{rubric: …}}` in task.yaml "
+                              f"({task.name} is {task.type}{'' if task.judge else ', without a judge rubric'})",
+                              field="judge.enabled")
+        node = settings.get("model")
+        judge_lm = lm if node is None else self._model(node, "judge")
+        if "generate" not in judge_lm.capabilities:
+            raise ConfigError(f"the judge's {judge_lm.describe().get('backend')} backend cannot generate",
+                              field="judge.model")
+        return judge_lm
+
+    def _judge_agreement(self, task: Task) -> dict | None:
+        """The judge on the task's hand-marked outputs, once per judge model and rubric (judge.json)."""
+        if self.judge_lm is None:
+            return None
+        path = self.run_dir / "judge.json"
+        settings = self.cfg.get("judge") or {}
+        key = fingerprint(self.judge_lm.describe(), dict(task.judge), judge.SYSTEM, judge.USER,
+                          settings.get("max_new_tokens", 4))
+        if path.exists() and read_json(path).get("key") == key:
+            return read_json(path)
+        display.status(f"LLM judge: agreement with {len(task.judge['marked'])} hand-marked outputs")
+        result = {"key": key, "model": self.judge_lm.describe(), "rubric": task.judge["rubric"],
+                  "prompt": {"system": judge.SYSTEM, "user": judge.USER},
+                  "agreement": judge.agreement(self.judge_lm, task, int(settings.get("max_new_tokens", 4)))}
+        write_json(path, result)
+        agree = result["agreement"]
+        if agree.get("n"):
+            kappa = "undefined" if agree["cohen_kappa"] is None else f"{agree['cohen_kappa']:.2f}"
+            display.status(f"LLM judge agrees with the hand marks on {agree['agreement']:.0%} of {agree['n']} "
+                           f"(Cohen's kappa {kappa})")
+        return result
+
+    def _judge_outputs(self, folder: Path, task: Task, records: dict[str, dict]) -> dict | None:
+        """judge_pass per held-out output of one arm (folder/judge.json, resumable)."""
+        if self.judge_lm is None:
+            return None
+        path = folder / "judge.json"
+        key = read_json(self.run_dir / "judge.json")["key"]
+        done = read_json(path) if path.exists() else {}
+        if done.get("key") != key:
+            done = {"key": key, "verdicts": {}}
+        todo = [ex for ex in task.heldout if ex.id not in done["verdicts"]]
+        max_new = int((self.cfg.get("judge") or {}).get("max_new_tokens", 4))
+        for s in range(0, len(todo), self.chunk):
+            batch = todo[s:s + self.chunk]
+            for ex, verdict in zip(batch, judge.judge(self.judge_lm, task,
+                                                      [(ex, records[ex.id]["output"]) for ex in batch], max_new)):
+                done["verdicts"][ex.id] = verdict
+            write_json(path, done)
+        verdicts = [done["verdicts"][ex.id] for ex in task.heldout]
+        done["usage"] = judge.usage(verdicts)
+        done["unparsed"] = sum(v["unparsed"] for v in verdicts)
+        write_json(path, done)
+        return {"judge_pass": {ex.id: done["verdicts"][ex.id]["pass"] for ex in task.heldout}}
 
     def _data_checks(self, task: Task) -> dict:
         """Overlap, label balance and personal data, before any training (data_checks.json)."""
@@ -326,7 +396,8 @@ class Runner:
             log.append(p.to_json() for p in predictions)
             advance(len(batch))
         records = [log.records[ex.id] for ex in task.heldout]
-        metrics = score_strategy(task, log.records, self._encoder() if "embedding_cosine" in task.metrics else None)
+        metrics = score_strategy(task, log.records, self._encoder() if "embedding_cosine" in task.metrics else None,
+                                 self._judge_outputs(folder, task, log.records))
         usage = summarize_usage(records)
         if counters:  # requests, retries, cache hits and failures of this arm's backend during this run
             usage["backend"] = {k: v - counters.get(k, 0) for k, v in lm.counters.items()}

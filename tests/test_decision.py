@@ -126,10 +126,22 @@ def test_cost_arithmetic_and_break_even_by_hand():
     assert api["per_1k_requests"] == pytest.approx(1000 * (1000 * 2.0 + 10 * 10.0) / 1e6)
 
 
+def test_each_arm_is_priced_by_its_own_backend():
+    cfg = cost.load_cost_config({**COST, "api_prices": {"big": {"input_per_1m": 2.0, "output_per_1m": 8.0}}})
+    served = {"backend": "openai-http", "name_or_path": "big"}
+    api = cost.arm_cost({"usage": _usage(2, 500, 20), "prepare_s": 100.0, "model": served}, cfg)
+    assert api["pricing"] == "per_token" and api["one_off"] == 0.0
+    assert api["per_1k_requests"] == pytest.approx(1000 * (500 * 2.0 + 20 * 8.0) / 1e6)  # tokens, not seconds
+    own_server = {"backend": "openai-http", "name_or_path": "my-llama"}  # not in api_prices: a server you host
+    hosted = cost.arm_cost({"usage": _usage(10, 500, 20), "prepare_s": 0.0, "model": own_server}, cfg)
+    assert hosted["pricing"] == "per_hour" and hosted["per_1k_requests"] == pytest.approx(0.10)
+
+
 @pytest.mark.parametrize("patch,field", [
     ({"volume_per_month": -1}, "cost.volume_per_month"),
     ({"self_hosted": {"price_per_hour": "cheap"}}, "cost.self_hosted.price_per_hour"),
     ({"horizon_months": 0}, "cost.horizon_months"),
+    ({"api_prices": {"big": {"input_per_1m": 1}}}, "cost.api_prices.big.output_per_1m"),
     ({"reference_api": {"name": "x", "input_per_1m": 1, "output_per_1m": 1}}, "cost.reference_api.prompts_of"),
 ])
 def test_bad_cost_config_names_the_field(patch, field):

@@ -1,0 +1,46 @@
+"""The llama.cpp backend on the packaged GGUF against the transformers backend on the converted model: the demo's
+prompts render to the same text and tokens, greedy generation gives the same text and label scoring the same
+argmax (the log-probabilities differ slightly: llama.cpp computes with the Q4_1 weights, transformers with them
+de-quantized to fp32)."""
+
+import numpy as np
+import pytest
+
+from harness.prompts import PromptTemplate, build_messages, pick_demos
+from harness.task import load_task
+
+pytestmark = pytest.mark.slow
+MODEL = "packaged:smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def backends():
+    from harness.lm_hf import TransformersLM
+    from harness.lm_llamacpp import LlamaCppLM
+
+    lc = LlamaCppLM(MODEL)
+    yield TransformersLM(MODEL), lc
+    lc.close()
+
+
+def test_llamacpp_matches_transformers_on_the_demo_prompts(backends):
+    hf, lc = backends
+    task = load_task("tasks/support_triage")
+    demos = pick_demos(task, 4, 0)
+    messages = [build_messages(task, PromptTemplate(), ex, demos) for ex in task.heldout[:6]]
+    prompts = [hf.render(m) for m in messages]
+    assert prompts == [lc.render(m) for m in messages]
+    assert [hf.encode(p)[0] for p in prompts] == [lc.encode(p)[0] for p in prompts]
+    assert [g.text for g in hf.generate(prompts, 24)] == [g.text for g in lc.generate(prompts, 24)]
+    labels = [task.text_of(label) for label in task.labels]
+    a, b = hf.score_choices(prompts, labels), lc.score_choices(prompts, labels)
+    assert [int(np.argmax(s.logprobs)) for s in a] == [int(np.argmax(s.logprobs)) for s in b]
+    assert max(abs(x - y) for s, t in zip(a, b) for x, y in zip(s.logprobs, t.logprobs)) < 1.0
+
+
+def test_llamacpp_generates_a_form_on_the_extraction_task(backends):
+    _, lc = backends
+    task = load_task("tasks/supplier_intake")
+    prompt = lc.render(build_messages(task, PromptTemplate(), task.heldout[0], pick_demos(task, 2, 0)))
+    gen = lc.generate([prompt], 96)[0]
+    assert gen.output_tokens > 0 and gen.input_tokens == lc.count_tokens(prompt) and not gen.truncated
