@@ -11,7 +11,7 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.verdict import fmt, money
+from harness.verdict import fmt, model_label, money
 
 console = Console()
 if not console.is_terminal:  # logs and CI: wide enough that the comparison table is not squeezed
@@ -36,14 +36,6 @@ def status(message: str) -> None:
 
 def error(message: str) -> None:
     console.print(f"[bold red]error:[/bold red] {message}", highlight=False, markup=True, soft_wrap=True)
-
-
-def model_label(model: dict | None) -> str:
-    """`backend: model` as the tables show an arm's model."""
-    if not model:
-        return "–"
-    name = str(model.get("name_or_path", "?")).replace("packaged:", "")
-    return f"{model.get('backend', '?')}: {name}" + (" +adapter" if model.get("adapter") else "")
 
 
 def comparison_table(comparison: dict) -> Table:

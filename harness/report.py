@@ -13,7 +13,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from harness import plots
 from harness.results import read_json
-from harness.verdict import fmt, money
+from harness.verdict import fmt, model_label, money
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -22,12 +22,15 @@ def _optional(path: Path) -> Any:
     return read_json(path) if path.exists() else None
 
 
-def _rows(comparison: Mapping) -> list[dict]:
+def _rows(comparison: Mapping, details: Mapping[str, Mapping] | None = None) -> list[dict]:
     decision = comparison.get("decision") or {}
     primary, ci = comparison["primary_metric"], decision.get("intervals") or {}
     priced = (decision.get("costs") or {}).get("arms") or {}
     currency = (decision.get("costs") or {}).get("currency", "USD")
+    details = details or {}
     rows = []
+    labels = {arm: model_label(r.get("model")) for arm, r in comparison["strategies"].items() if "error" not in r}
+    mixed = len(set(labels.values())) > 1  # arms on different models: each row names its model
     for arm, r in comparison["strategies"].items():
         if "@seed" in arm:
             continue
@@ -39,6 +42,7 @@ def _rows(comparison: Mapping) -> list[dict]:
         p, t, u = priced.get(arm) or {}, r.get("training") or {}, r["usage"]
         rows.append({
             "arm": arm, "summary": r.get("summary", ""), "model": (r.get("model") or {}).get("name_or_path", ""),
+            "model_label": labels[arm] if mixed else "", "details": details.get(arm, {}),
             "primary": fmt(r["metrics"].get(primary)), "ci": f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "",
             "spread": f"± {spread:.3f} over seeds" if spread else "",
             "others": {m: fmt(v) for m, v in r["metrics"].items() if m != primary},
@@ -82,7 +86,8 @@ def build_view(run_dir: Path) -> dict:
     add("training_curves.png", plots.training_curves(histories))
     primary = comparison["primary_metric"]
     others = sorted({m for r in comparison["strategies"].values() for m in r.get("metrics", {})} - {primary})
-    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision, "v": decision.get("verdict"), "rows": _rows(comparison),
+    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision, "v": decision.get("verdict"), "rows": _rows(comparison, details),
+            "rules": {a: d["per_rule_pass_rate"] for a, d in details.items() if d.get("per_rule_pass_rate")},
             "others": others, "primary": primary, "figures": figures, "checks": _optional(run_dir / "data_checks.json"),
             "prepared": prepared, "money": money, "fmt": fmt,
             "currency": (decision.get("costs") or {}).get("currency", "USD")}

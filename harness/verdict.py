@@ -163,3 +163,11 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
         caveats.append("Prices are the shipped examples (conf/cost/example.yaml): set your own before quoting a cost.")
     return {"choice": choice, "fine_tuning_justified": justified, "summary": summary, "reasons": reasons,
             "caveats": list(dict.fromkeys(caveats))}
+
+
+def model_label(model: dict | None) -> str:
+    """`backend: model` as the tables show an arm's model."""
+    if not model:
+        return "–"
+    name = str(model.get("name_or_path", "?")).replace("packaged:", "")
+    return f"{model.get('backend', '?')}: {name}" + (" +adapter" if model.get("adapter") else "")

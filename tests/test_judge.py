@@ -20,7 +20,8 @@ def test_parse_and_kappa_by_hand():
 def _task(folder):
     folder.mkdir()
     (folder / "task.yaml").write_text(
-        "name: tj\ntype: generation\ninstruction: Rewrite politely.\nmetric: chrf\n"
+        "name: tj\ntype: generation\ninstruction: Rewrite politely.\nmetric: chrf\nmetrics: [rules_pass]\n"
+        "rules:\n  - {name: polite, must: '(?i)polite'}\n  - {name: short, max_words: 5}\n"
         "judge:\n  rubric: PASS if the rewrite is polite and keeps the facts.\n  marked: marked.jsonl\n")
     for split, n in (("train", 6), ("heldout", 4)):
         (folder / f"{split}.jsonl").write_text("\n".join(
@@ -51,6 +52,10 @@ def test_a_run_with_the_judge_records_marks_agreement_and_cost(tiny_model, tmp_p
     comparison = json.loads((out / "comparison.json").read_text())
     assert "judge_pass" in comparison["strategies"]["zero_shot"]["metrics"]
     assert comparison["judge"]["agreement"]["n"] == 2
+    assert "rules_pass" in comparison["strategies"]["zero_shot"]["metrics"]
+    md = (out / "report.md").read_text()
+    assert "## LLM judge" in md and "agreed with the people who marked them" in md
+    assert "## Output rules" in md and "| polite |" in md
 
 
 def test_the_judge_is_refused_for_a_task_without_a_rubric(tiny_model, tmp_path):
