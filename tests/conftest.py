@@ -15,9 +15,12 @@ CHAT_TEMPLATE = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + 
                  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
+CORPUS_TASKS = ("hr_policy_qa", "support_triage", "tiny")  # fixed: a new task folder must not change the tiny models
+
+
 def _corpus() -> list[str]:
     texts = []
-    for path in (ROOT / "tasks").glob("*/*.jsonl"):
+    for path in sorted(p for name in CORPUS_TASKS for p in (ROOT / "tasks" / name).glob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             texts.extend(str(v) for v in json.loads(line).values())
     return texts + ["Answer with exactly one of these labels and nothing else", "user assistant system"]
