@@ -8,9 +8,13 @@ model, prompt template and cost (tokens, seconds). A judge that cannot be parsed
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from harness.results import read_json, write_json
 from harness.task import Example, Task
 
 SYSTEM = """You are a strict reviewer. {rubric}
@@ -78,3 +82,36 @@ def agreement(lm, task: Task, max_new_tokens: int = 4) -> dict[str, Any]:
 
 def usage(verdicts: Sequence[Mapping]) -> dict[str, float]:
     return {k: sum(v[k] for v in verdicts) for k in ("input_tokens", "output_tokens", "latency_s")}
+
+
+def agreement_file(lm, task: Task, path: Path, max_new_tokens: int = 4) -> dict:
+    """`agreement` with the judge's model, prompt and rubric, written to `path` and reused while they are the same
+    (its `key` also keys the per-arm verdicts)."""
+    key = hashlib.sha256(json.dumps([lm.describe(), task.judge["rubric"], [dict(m) for m in task.judge["marked"]],
+                                     SYSTEM, USER, max_new_tokens], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if path.exists() and read_json(path).get("key") == key:
+        return read_json(path)
+    result = {"key": key, "model": lm.describe(), "rubric": task.judge["rubric"],
+              "prompt": {"system": SYSTEM, "user": USER}, "agreement": agreement(lm, task, max_new_tokens)}
+    write_json(path, result)
+    return result
+
+
+def judge_file(lm, task: Task, records: Mapping[str, Mapping], path: Path, key: str, chunk: int = 16,
+               max_new_tokens: int = 4) -> dict[str, int]:
+    """Judge an arm's held-out outputs, appending to `path` every `chunk` verdicts (a rerun judges only what is
+    missing); returns {example id: 1 PASS / 0 FAIL}."""
+    done = read_json(path) if path.exists() else {}
+    if done.get("key") != key:
+        done = {"key": key, "verdicts": {}}
+    todo = [ex for ex in task.heldout if ex.id not in done["verdicts"]]
+    for s in range(0, len(todo), chunk):
+        batch = todo[s:s + chunk]
+        for ex, verdict in zip(batch, judge(lm, task, [(ex, records[ex.id]["output"]) for ex in batch],
+                                            max_new_tokens)):
+            done["verdicts"][ex.id] = verdict
+        write_json(path, done)
+    verdicts = [done["verdicts"][ex.id] for ex in task.heldout]
+    done.update(usage=usage(verdicts), unparsed=sum(v["unparsed"] for v in verdicts))
+    write_json(path, done)
+    return {ex.id: done["verdicts"][ex.id]["pass"] for ex in task.heldout}

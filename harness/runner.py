@@ -268,17 +268,9 @@ class Runner:
         """The judge on the task's hand-marked outputs, once per judge model and rubric (judge.json)."""
         if self.judge_lm is None:
             return None
-        path = self.run_dir / "judge.json"
-        settings = self.cfg.get("judge") or {}
-        key = fingerprint(self.judge_lm.describe(), dict(task.judge), judge.SYSTEM, judge.USER,
-                          settings.get("max_new_tokens", 4))
-        if path.exists() and read_json(path).get("key") == key:
-            return read_json(path)
+        max_new = int((self.cfg.get("judge") or {}).get("max_new_tokens", 4))
         display.status(f"LLM judge: agreement with {len(task.judge['marked'])} hand-marked outputs")
-        result = {"key": key, "model": self.judge_lm.describe(), "rubric": task.judge["rubric"],
-                  "prompt": {"system": judge.SYSTEM, "user": judge.USER},
-                  "agreement": judge.agreement(self.judge_lm, task, int(settings.get("max_new_tokens", 4)))}
-        write_json(path, result)
+        result = judge.agreement_file(self.judge_lm, task, self.run_dir / "judge.json", max_new)
         agree = result["agreement"]
         if agree.get("n"):
             kappa = "undefined" if agree["cohen_kappa"] is None else f"{agree['cohen_kappa']:.2f}"
@@ -286,28 +278,19 @@ class Runner:
                            f"(Cohen's kappa {kappa})")
         return result
 
-    def _judge_outputs(self, folder: Path, task: Task, records: dict[str, dict]) -> dict | None:
-        """judge_pass per held-out output of one arm (folder/judge.json, resumable)."""
+    def _judge_outputs(self, name: str, task: Task, records: dict[str, dict]) -> dict | None:
+        """judge_pass per held-out output of one arm (<arm>/judge.json, resumable); a failing judge is reported
+        and the arm keeps its other metrics."""
         if self.judge_lm is None:
             return None
-        path = folder / "judge.json"
         key = read_json(self.run_dir / "judge.json")["key"]
-        done = read_json(path) if path.exists() else {}
-        if done.get("key") != key:
-            done = {"key": key, "verdicts": {}}
-        todo = [ex for ex in task.heldout if ex.id not in done["verdicts"]]
         max_new = int((self.cfg.get("judge") or {}).get("max_new_tokens", 4))
-        for s in range(0, len(todo), self.chunk):
-            batch = todo[s:s + self.chunk]
-            for ex, verdict in zip(batch, judge.judge(self.judge_lm, task,
-                                                      [(ex, records[ex.id]["output"]) for ex in batch], max_new)):
-                done["verdicts"][ex.id] = verdict
-            write_json(path, done)
-        verdicts = [done["verdicts"][ex.id] for ex in task.heldout]
-        done["usage"] = judge.usage(verdicts)
-        done["unparsed"] = sum(v["unparsed"] for v in verdicts)
-        write_json(path, done)
-        return {"judge_pass": {ex.id: done["verdicts"][ex.id]["pass"] for ex in task.heldout}}
+        try:
+            return {"judge_pass": judge.judge_file(self.judge_lm, task, records, self.run_dir / name / "judge.json",
+                                                   key, self.chunk, max_new)}
+        except Exception as e:
+            display.error(f"LLM judge failed on {name}: {type(e).__name__}: {e}")
+            return None
 
     def _data_checks(self, task: Task) -> dict:
         """Overlap, label balance and personal data, before any training (data_checks.json)."""
@@ -397,7 +380,7 @@ class Runner:
             advance(len(batch))
         records = [log.records[ex.id] for ex in task.heldout]
         metrics = score_strategy(task, log.records, self._encoder() if "embedding_cosine" in task.metrics else None,
-                                 self._judge_outputs(folder, task, log.records))
+                                 self._judge_outputs(name, task, log.records))
         usage = summarize_usage(records)
         if counters:  # requests, retries, cache hits and failures of this arm's backend during this run
             usage["backend"] = {k: v - counters.get(k, 0) for k, v in lm.counters.items()}
