@@ -10,6 +10,7 @@ from typing import Sequence
 
 from harness.errors import ConfigError
 from harness.lm import GENERATE, SCORE
+from harness.prompts import target_text
 from harness.strategy import Prediction
 from harness.task import Example, Task
 
@@ -47,6 +48,18 @@ def resolve_decode(task: Task, lm, decode: str, arm: str) -> str:
     if GENERATE not in lm.capabilities:
         raise ConfigError(f"arm {arm!r} needs generation, which its {backend} backend cannot do", field=field)
     return "generate"
+
+
+def max_new_tokens_for(task: Task, lm, value, arm: str) -> int:
+    """The generation budget of an arm: a number, or `auto` = room for the longest training target as the arm's
+    model tokenizes it, plus a quarter and 8 tokens (a fixed budget cut long answers: JSON forms, rewrites)."""
+    if value == "auto":
+        longest = max((lm.count_tokens(target_text(task, ex.target)) for ex in task.train), default=16)
+        return max(16, int(longest * 1.25) + 8)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"must be a positive whole number or auto, got {value!r}",
+                          field=f"strategies.{arm}.max_new_tokens")
+    return value
 
 
 def label_prior(task: Task, lm, prompts: Sequence[str]) -> list[float]:

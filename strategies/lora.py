@@ -83,7 +83,8 @@ class LoRA:
                  group_by_length: bool = True, target_only_logits: bool = True, shared_prefix: bool = True,
                  qlora: bool = False,
                  dev_fraction: float = 0.15, select_on: str = "dev_loss", merge: bool = True, seed: int | None = None,
-                 decode: str = "auto", max_new_tokens: int = 128, template: dict | None = None, prompts=None,
+                 decode: str = "auto", max_new_tokens: int | str = "auto", template: dict | None = None,
+                 prompts=None,
                  name: str = "lora"):
         if select_on not in ("dev_loss", "dev_metric"):
             raise ConfigError(f"must be dev_loss or dev_metric, got {select_on!r}", field=f"strategies.{name}.select_on")
@@ -94,7 +95,7 @@ class LoRA:
                              "group_by_length": group_by_length, "target_only_logits": target_only_logits,
                              "shared_prefix": shared_prefix, "qlora": qlora}
         self.dev_fraction, self.select_on, self.merge, self.seed = dev_fraction, select_on, merge, seed
-        self.decode, self.max_new_tokens, self.name = decode, int(max_new_tokens), name
+        self.decode, self.max_new_tokens, self.name = decode, max_new_tokens, name
         self.prompts = prompts or InstructionPrompts(template_from_config(template))
 
     def describe(self) -> dict:
@@ -110,13 +111,15 @@ class LoRA:
                               f"backend cannot do (use the transformers backend: model=hf or the default)",
                               field=f"strategies.{self.name}")
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
+        self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, base = ctx.task, ctx.lm
         self.check(self.task, base)
         seed = ctx.seed if self.seed is None else self.seed
         train, dev, dev_source = split_dev(self.task, self.dev_fraction, seed)
-        report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source}
+        report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source, "decode": self.mode,
+                  "max_new_tokens": self.new_tokens}
         train_pairs = self._pairs(train)
         dev_pairs = self._pairs(dev)
         key = hashlib.sha256(json.dumps([base.describe(), train_pairs, dev_pairs, self.describe(), seed],
@@ -164,7 +167,7 @@ class LoRA:
         def metric(tuned) -> float:
             tuned.model.eval()
             preds = inference.predict(self.task, tuned, dev, prompts, decode=self.mode,
-                                      max_new_tokens=self.max_new_tokens)
+                                      max_new_tokens=self.new_tokens)
             tuned.model.train()
             result = score(self.task.type, [ex.target for ex in dev], [p.output for p in preds],
                            labels=self.task.labels, label_text=self.task.label_text, fields=self.task.fields,
@@ -179,4 +182,4 @@ class LoRA:
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
-                                       max_new_tokens=self.max_new_tokens)
+                                       max_new_tokens=self.new_tokens)

@@ -16,12 +16,13 @@ from harness.task import Example
 class PromptOnly:
     """Zero-shot (shots=0) or few-shot prompting of the arm's model."""
 
-    def __init__(self, shots: int = 0, calibrate: bool = False, decode: str = "auto", max_new_tokens: int = 128,
+    def __init__(self, shots: int = 0, calibrate: bool = False, decode: str = "auto",
+                 max_new_tokens: int | str = "auto",
                  seed: int | None = None, template: dict | None = None, name: str = "prompt_only"):
         if shots < 0:
             raise ConfigError(f"must be ≥ 0, got {shots}", field=f"strategies.{name}.shots")
         self.shots, self.calibrate, self.decode = int(shots), bool(calibrate), decode
-        self.max_new_tokens, self.seed, self.name = int(max_new_tokens), seed, name
+        self.max_new_tokens, self.seed, self.name = max_new_tokens, seed, name
         self.template = template_from_config(template)
         self.demos: list[Example] = []
         self.prior: list[float] | None = None
@@ -44,6 +45,7 @@ class PromptOnly:
     def check(self, task, lm) -> None:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
+        self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
@@ -51,7 +53,8 @@ class PromptOnly:
         seed = ctx.seed if self.seed is None else self.seed
         self.demos = pick_demos(self.task, self.shots, seed)
         self._prompt(self.task.heldout[0])  # a template error surfaces here, before any prediction
-        report = {"demo_ids": [d.id for d in self.demos], "seed": seed, "summary": self.summary()}
+        report = {"demo_ids": [d.id for d in self.demos], "seed": seed, "summary": self.summary(),
+                  "decode": self.mode, "max_new_tokens": self.new_tokens}
         if self.calibrate and self.mode != "score":
             report["calibration"] = "not applicable: calibration corrects label scores, and this arm generates"
         elif self.calibrate:
@@ -66,4 +69,4 @@ class PromptOnly:
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict(self.task, self.lm, examples, [self._prompt(ex) for ex in examples],
-                                 decode=self.mode, max_new_tokens=self.max_new_tokens, prior=self.prior)
+                                 decode=self.mode, max_new_tokens=self.new_tokens, prior=self.prior)

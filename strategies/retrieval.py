@@ -118,9 +118,10 @@ class Retrieval:
     """Retrieval-augmented prompting of the arm's model."""
 
     def __init__(self, retriever: Retriever, mode: str = "auto", k: int = 5, budget_tokens: int = 1024,
-                 shots: int = 0, decode: str = "auto", max_new_tokens: int = 64, template: dict | None = None,
+                 shots: int = 0, decode: str = "auto", max_new_tokens: int | str = "auto",
+                 template: dict | None = None,
                  name: str = "retrieval"):
-        self.name, self.decode, self.max_new_tokens = name, decode, int(max_new_tokens)
+        self.name, self.decode, self.max_new_tokens = name, decode, max_new_tokens
         self.prompts = RetrievalPrompts(retriever, mode, int(k), int(budget_tokens), template_from_config(template),
                                         name, shots)
 
@@ -131,11 +132,12 @@ class Retrieval:
     def check(self, task, lm) -> None:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
+        self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
         self.check(self.task, self.lm)
-        report = self.prompts.prepare(ctx)
+        report = {**self.prompts.prepare(ctx), "decode": self.mode, "max_new_tokens": self.new_tokens}
         what = "passages" if self.prompts.mode == "knowledge" else "nearest demonstrations"
         report["summary"] = f"top-{report['k_used']} {what}" + (
             f" ≤ {self.prompts.budget} tokens" if self.prompts.mode == "knowledge" else "") + (
@@ -144,5 +146,5 @@ class Retrieval:
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
-                                       max_new_tokens=self.max_new_tokens)
+                                       max_new_tokens=self.new_tokens)
 

@@ -31,8 +31,8 @@ def test_answers_usage_and_the_disk_cache(tmp_path, monkeypatch):
     gens = lm.generate(prompts, 8)
     assert [g.text for g in gens] == ["billing"] * 3 and gens[0].input_tokens == 11 and gens[0].output_tokens == 2
     assert seen[0].headers["authorization"] == "Bearer sk-secret-123"
-    body = json.loads(seen[0].content)
-    assert body["messages"] == [{"role": "user", "content": "q0"}] and body["temperature"] == 0.0
+    bodies = sorted((json.loads(r.content) for r in seen), key=lambda b: b["messages"][0]["content"])  # 2 threads
+    assert bodies[0]["messages"] == [{"role": "user", "content": "q0"}] and bodies[0]["temperature"] == 0.0
     again = make(handler, tmp_path, api_key_env="TEST_KEY")  # a rerun: answered from disk, nothing sent
     assert [g.text for g in again.generate(prompts, 8)] == ["billing"] * 3
     assert len(seen) == 3 and again.counters["cache_hits"] == 3 and again.counters["requests"] == 0
