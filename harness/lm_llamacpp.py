@@ -82,7 +82,7 @@ class LlamaCppLM:
     def describe(self) -> dict:
         return {"backend": "llama.cpp", "name_or_path": str(self.model_path), "file": self.file.name,
                 "device": "cpu", "n_ctx": self.n_ctx, "n_threads": self.llm.n_threads,
-                "chat_template": self.use_chat, "quantization": self.file.suffix and self.file.stem.split(".")[-1]}
+                "chat_template": self.use_chat}
 
     def close(self) -> None:
         self.llm.close()
