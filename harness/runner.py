@@ -121,25 +121,27 @@ def score_strategy(task: Task, records: dict[str, dict], encode=None, extra: dic
                            labels=task.labels, label_text=task.label_text, fields=task.fields,
                            schema=task.schema, rules=task.rules, metrics=task.metrics)
     per_example = {ex.id: s for ex, s in zip(examples, result["per_example"])}
-    metrics = dict(result["metrics"])
+    added = False  # per-example values joined here; the metrics are then re-aggregated once
     if "embedding_cosine" in task.metrics and encode is not None and examples:
         for ex, value in zip(examples, embedding_cosines(encode, [records[ex.id]["output"] for ex in examples],
                                                          [ex.target for ex in examples])):
             per_example[ex.id]["embedding_cosine"] = value
-        metrics = scoring.aggregate(task.type, list(per_example.values()), task.labels)
+        added = True
     if extra and examples:
         for key, values in extra.items():
             for ex in examples:
                 per_example[ex.id][key] = values[ex.id]
-        metrics = scoring.aggregate(task.type, list(per_example.values()), task.labels)
+        added = True
     gold = [(ex, records[ex.id].get("retrieved")) for ex in examples if ex.meta.get("doc_ids")]
     if gold and len(gold) == len(examples) and all(hits and all("doc_id" in h for h in hits) for _, hits in gold):
         depth = min(len(hits) for _, hits in gold)  # recall@k only where k passages were retrieved
         ks = tuple(k for k in (1, 3, 5, 10) if k <= depth)
-        for (ex, _), extra in zip(gold, scoring.retrieval_per_example(
+        for (ex, _), found in zip(gold, scoring.retrieval_per_example(
                 [list(ex.meta["doc_ids"]) for ex, _ in gold], [[h["doc_id"] for h in hits] for _, hits in gold], ks)):
-            per_example[ex.id].update(extra)
-        metrics = scoring.aggregate(task.type, list(per_example.values()), task.labels)
+            per_example[ex.id].update(found)
+        added = True
+    metrics = (scoring.aggregate(task.type, list(per_example.values()), task.labels) if added
+               else dict(result["metrics"]))
     return {"primary_metric": task.metric, "n": len(examples), "metrics": metrics,
             "details": result["details"], "per_example": per_example}
 

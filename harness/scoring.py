@@ -206,11 +206,12 @@ def _as_number(value: Any) -> Any:
         return value
 
 
-def schema_valid(schema: Mapping, obj: Any) -> bool:
+def schema_validator(schema: Mapping):
+    """A JSON Schema validator for the task's schema (built once per scoring call)."""
     import jsonschema
 
-    validator = jsonschema.validators.validator_for(schema)(_thaw(schema))
-    return validator.is_valid(obj)
+    plain = _thaw(schema)
+    return jsonschema.validators.validator_for(plain)(plain)
 
 
 def _thaw(value: Any) -> Any:
@@ -225,6 +226,7 @@ def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs:
                      schema: Mapping | None = None) -> dict:
     field_hits = Counter()
     numbers = _number_fields(schema)
+    validator = schema_validator(schema) if schema is not None else None
     per_example = []
     for gold, out in zip(targets, outputs):
         obj = parse_json_object(out)
@@ -244,8 +246,8 @@ def score_extraction(fields: Sequence[str], targets: Sequence[Mapping], outputs:
                 fn += g is not None
         record = {"valid_json": int(obj is not None), "fields": hits, "tp": tp, "fp": fp, "fn": fn,
                   "record_exact_match": int(all(hits.values())), "field_accuracy": sum(hits.values()) / len(fields)}
-        if schema is not None:
-            record["schema_valid"] = int(obj is not None and schema_valid(schema, obj))
+        if validator is not None:
+            record["schema_valid"] = int(obj is not None and validator.is_valid(obj))
         per_example.append(record)
     n = len(targets)
     micro = {k: sum(e[k] for e in per_example) for k in ("tp", "fp", "fn")}
