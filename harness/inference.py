@@ -54,7 +54,8 @@ def max_new_tokens_for(task: Task, lm, value, arm: str) -> int:
     """The generation budget of an arm: a number, or `auto` = room for the longest training target as the arm's
     model tokenizes it, plus a quarter and 8 tokens (a fixed budget cut long answers: JSON forms, rewrites)."""
     if value == "auto":
-        longest = max((lm.count_tokens(target_text(task, ex.target)) for ex in task.train), default=16)
+        texts = {target_text(task, ex.target) for ex in task.train}  # each distinct answer once (labels repeat)
+        longest = max((lm.count_tokens(text) for text in texts), default=16)
         return max(16, int(longest * 1.25) + 8)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"must be a positive whole number or auto, got {value!r}",

@@ -1,9 +1,13 @@
 from collections import Counter
 
+import pytest
+
+from harness.errors import ConfigError
+from harness.inference import max_new_tokens_for
 from harness.lm_hf import TransformersLM
 from harness.strategy import PrepareContext
 from harness.task import load_task
-from harness.prompts import pick_demos
+from harness.prompts import pick_demos, target_text
 from strategies.prompt_only import PromptOnly
 from tests.conftest import ROOT
 
@@ -47,3 +51,23 @@ def test_generate_mode_outputs_text(tiny_model, tmp_path):
     strategy.prepare(PrepareContext(task, lm, tmp_path, tmp_path, 0, lambda d, t: (lambda n=1: None)))
     preds = strategy.predict(task.heldout[:2])
     assert all(isinstance(p.output, str) and p.usage["output_tokens"] <= 5 for p in preds)
+
+
+def test_max_new_tokens_auto_is_the_longest_training_answer_plus_a_quarter_and_8():
+    class CharCounter:  # one token per character, and a record of what was counted
+        def __init__(self):
+            self.counted = []
+
+        def count_tokens(self, text: str) -> int:
+            self.counted.append(text)
+            return len(text)
+
+    task = load_task(ROOT / "tasks" / "tiny")
+    lm = CharCounter()
+    longest = max(len(target_text(task, ex.target)) for ex in task.train)
+    assert max_new_tokens_for(task, lm, "auto", "arm") == max(16, int(longest * 1.25) + 8)
+    assert sorted(lm.counted) == sorted({target_text(task, ex.target) for ex in task.train})  # each label once
+    assert max_new_tokens_for(task, lm, 40, "arm") == 40
+    for bad in (0, -3, "many", True, 2.5):
+        with pytest.raises(ConfigError, match="positive whole number or auto"):
+            max_new_tokens_for(task, lm, bad, "arm")
