@@ -9,10 +9,10 @@ import base64
 from pathlib import Path
 from typing import Any, Mapping
 
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader
 
 from harness import plots
-from harness.results import read_json
+from harness.results import read_json, write_bytes, write_text
 from harness.verdict import fmt, model_label, money
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -96,14 +96,24 @@ def build_view(run_dir: Path) -> dict:
 def write_reports(run_dir: Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     view = build_view(run_dir)
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
-                      trim_blocks=True, lstrip_blocks=True)
+    # Task names, labels, rule names, model names and error texts come from users and models: every value shown is
+    # escaped (HTML: autoescape; Markdown: <, > and & as entities, so no raw HTML reaches a Markdown renderer).
+    html_env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    md_env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False, trim_blocks=True, lstrip_blocks=True,
+                         finalize=markdown_safe)
     for name, png in view["figures"].items():
-        (run_dir / name).write_bytes(png)
-    md = env.get_template("report.md.j2").render(**view, images={n: n for n in view["figures"]})
-    html = env.get_template("report.html.j2").render(
+        write_bytes(run_dir / name, png)
+    md = md_env.get_template("report.md.j2").render(**view, images={n: n for n in view["figures"]})
+    html = html_env.get_template("report.html.j2").render(
         **view, images={n: "data:image/png;base64," + base64.b64encode(p).decode() for n, p in view["figures"].items()})
     out = {"md": run_dir / "report.md", "html": run_dir / "report.html"}
-    out["md"].write_text(md, encoding="utf-8")
-    out["html"].write_text(html, encoding="utf-8")
+    write_text(out["md"], md)
+    write_text(out["html"], html)
     return out
+
+
+def markdown_safe(value: Any) -> Any:
+    """A value printed into report.md, with HTML's special characters as entities (shown as typed)."""
+    if isinstance(value, str):
+        return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return value

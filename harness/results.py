@@ -9,18 +9,28 @@ from pathlib import Path
 from typing import Any, Iterable
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write bytes to a temporary file in the same folder, then rename it into place: a reader (or a full disk, or
+    a kill) sees the old file or the new one, never a torn one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place."""
+    write_bytes(path, (json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:
