@@ -1,6 +1,12 @@
 """Data checks run before any training: held-out inputs that also occur (exactly or nearly) in train or the
 knowledge corpus, label balance, and personal-data patterns in training data. Pure: texts and vectors in, a
-JSON-able report out. PII is reported as counts and example ids, never the matched values.
+JSON-able report out. PII is reported as counts and example ids, never the matched values; `redact` replaces
+what the same detector finds (the prompts stored in predictions.jsonl go through it).
+
+Phone numbers: Google's libphonenumber (the `phonenumbers` package) finds candidates in international form
+(+CC, any country) and in the national forms of PHONE_REGIONS, e.g. UK mobiles as 07700 900123, 07700900123 or
++44 7700 900123; a candidate counts when it has 9-15 digits and a phone's shape (a leading +, ( or trunk 0, or three
+or more digit groups), so dates, amounts and order numbers do not.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from collections import Counter
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+import phonenumbers
 
 from harness.task import Task, normalize_text
 
@@ -32,28 +39,59 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def pii_kinds(text: str) -> Counter:
-    """How many matches of each personal-data pattern a text holds (card numbers must pass the Luhn check;
-    phone numbers need 9-15 digits and a phone's shape, a leading + or ( or three or more digit groups, so dates,
-    amounts and two-part order numbers like 2211-40915 do not count)."""
-    found, taken = Counter(), []
+PHONE_REGIONS = ("GB", "US")  # national number formats searched besides the international +CC form
+DETECTOR = f"phonenumbers {phonenumbers.__version__} {','.join(PHONE_REGIONS)}"  # part of data_checks.json's key
+_DIGIT_RUN = re.compile(r"\d(?:[\s().+/-]{0,3}\d){6}")  # seven digits close together: a phone is possible
+
+
+def _phone_shaped(raw: str) -> bool:
+    digits = re.sub(r"\D", "", raw)
+    groups = len(re.findall(r"\d+", raw))
+    # "2211-40915" is an order number, not a phone; a trunk 0 or a + or ( is a phone's shape
+    return 9 <= len(digits) <= 15 and (raw.lstrip().startswith(("+", "(", "0")) or groups >= 3)
+
+
+def pii_spans(text: str) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of each personal-data match, not overlapping, in text order (card numbers must pass the
+    Luhn check; phone numbers as the module says)."""
+    found = []
     for m in PII_PATTERNS["card_number"].finditer(text):
         digits = re.sub(r"\D", "", m.group())
         if 13 <= len(digits) <= 19 and _luhn(digits):
-            found["card_number"] += 1
-            taken.append(m.span())
+            found.append(("card_number", *m.span()))
     for kind in ("email", "iban", "sort_code"):
-        for m in PII_PATTERNS[kind].finditer(text):
-            found[kind] += 1
-            taken.append(m.span())
-    for m in PII_PATTERNS["phone"].finditer(text):
-        digits = re.sub(r"\D", "", m.group())
-        inside = any(s < m.end() and m.start() < e for s, e in taken)
-        groups = len(re.findall(r"\d+", m.group()))
-        shaped = m.group().startswith(("+", "(")) or groups >= 3  # "2211-40915" is an order number, not a phone
-        if 9 <= len(digits) <= 15 and shaped and not inside:
-            found["phone"] += 1
-    return +found
+        found.extend((kind, *m.span()) for m in PII_PATTERNS[kind].finditer(text))
+    taken = [(s, e) for _, s, e in found]
+    phones = [m.span() for m in PII_PATTERNS["phone"].finditer(text) if _phone_shaped(m.group())]
+    if _DIGIT_RUN.search(text):
+        for region in PHONE_REGIONS:
+            for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+                if _phone_shaped(m.raw_string):
+                    phones.append((m.start, m.end))
+    for start, end in sorted(phones, key=lambda span: (span[0], -span[1])):
+        if not any(s < end and start < e for s, e in taken):
+            found.append(("phone", start, end))
+            taken.append((start, end))
+    return sorted(found, key=lambda f: f[1])
+
+
+def pii_kinds(text: str) -> Counter:
+    """How many matches of each personal-data kind a text holds."""
+    return Counter(kind for kind, _, _ in pii_spans(text))
+
+
+def redact(text: str) -> tuple[str, int]:
+    """The text with each personal-data match replaced by its kind in brackets ([email], [phone], ...), and how many
+    were replaced."""
+    spans = pii_spans(text)
+    if not spans:
+        return text, 0
+    out, at = [], 0
+    for kind, start, end in spans:
+        if start >= at:
+            out.append(text[at:start] + f"[{kind}]")
+            at = end
+    return "".join(out) + text[at:], len(spans)
 
 
 def _texts(ex) -> str:
