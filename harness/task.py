@@ -14,6 +14,7 @@ Other split paths are relative to the task folder, as before.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -74,6 +75,9 @@ class Task:
     rules: tuple[Mapping[str, Any], ...] = ()  # output rules (harness/rules.py)
     schema: Mapping[str, Any] | None = None    # JSON Schema of an extraction answer
     judge: Mapping[str, Any] | None = None     # {rubric, marked: [hand-marked examples]} for an LLM judge
+    cut_inputs: tuple[str, ...] = ()           # ids whose input was longer than the load's max_input_chars (cut)
+    max_input_chars: int | None = None         # that limit
+    shared_ids: tuple[str, ...] = ()           # ids used in both train and held-out (usually a data bug; warned)
 
     @property
     def train(self) -> tuple[Example, ...]:
@@ -341,14 +345,29 @@ def subset(examples: Sequence[Example], limit: int | None, sample: str = "first"
     return tuple(ex for ex in examples if id(ex) in chosen)
 
 
+def cut_input(text: str, limit: int) -> str:
+    """An input longer than `limit` characters, cut in the middle (its start and end kept, as the model backends
+    cut prompts longer than the context)."""
+    if len(text) <= limit:
+        return text
+    mark = " […] "
+    head = max(0, (limit - len(mark)) * 2 // 3)
+    tail = max(0, limit - len(mark) - head)
+    return text[:head] + mark + (text[-tail:] if tail else "")
+
+
 def _load_split(spec: _Spec, split: str, path: Path, limit: int | None, sample: str = "first",
-                seed: int = 0) -> tuple[Example, ...]:
+                seed: int = 0, max_chars: int | None = None, cut: list | None = None) -> tuple[Example, ...]:
     rows = _rows(path)
     if not rows:
         raise TaskError(f"split '{split}' is empty", file=path)
     examples, seen = [], {}
     for line, rec in rows:
         ex = _example(spec, split, path, line, rec)
+        if max_chars and split != "knowledge" and len(ex.input) > max_chars:  # documents are chunked later
+            ex = dataclasses.replace(ex, input=cut_input(ex.input, max_chars))
+            if cut is not None:
+                cut.append(ex.id)
         if ex.id in seen:
             raise TaskError(f"duplicate id {ex.id!r} (first at line {seen[ex.id]})", file=path, line=line,
                             field=spec.columns["id"] or "id")
@@ -400,9 +419,10 @@ def _find_split_file(directory: Path, split: str, spec: _Spec) -> Path | None:
 
 def load_task(directory: str | Path, *, limit_train: int | None = None, limit_heldout: int | None = None,
               sample: str = "first", sample_seed: int = 0,
-              allow_overlap: bool | None = None) -> Task:
+              allow_overlap: bool | None = None, max_input_chars: int | None = None) -> Task:
     """Load tasks/<name>/ (task.yaml + splits); raise TaskError naming file, line and field on bad input.
-    `limit_*` keep the first N examples (`sample="first"`) or a seeded stratified subset (see `subset`)."""
+    `limit_*` keep the first N examples (`sample="first"`) or a seeded stratified subset (see `subset`).
+    Inputs longer than `max_input_chars` are cut in the middle; their ids are in `Task.cut_inputs`."""
     if sample not in SAMPLING:
         raise TaskError(f"limit.sample must be one of {', '.join(SAMPLING)}, got {sample!r}")
     directory = Path(directory)
@@ -415,9 +435,11 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
         mark = getattr(e, "problem_mark", None)
         raise TaskError(f"not valid YAML ({getattr(e, 'problem', e)})", file=path,
                         line=mark.line + 1 if mark else None) from None
+    if isinstance(raw, dict) and isinstance(raw.get("labels"), (list, dict)):
+        raw["labels"] = _labels_as_written(_read_text(path), raw["labels"])
     spec = _Spec(path, raw, directory.name)
     limits = {"train": limit_train, "heldout": limit_heldout}
-    splits, files, hashes = {}, {}, {}
+    splits, files, hashes, cut = {}, {}, {}, []
     for split in SPLITS:
         file = _find_split_file(directory, split, spec)
         if file is None:
@@ -425,10 +447,11 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
                 raise TaskError(f"required split '{split}' not found (expected {split}.jsonl or {split}.csv, "
                                 f"or splits.{split} in task.yaml)", file=path)
             continue
-        splits[split] = _load_split(spec, split, file, limits.get(split), sample, sample_seed)
+        splits[split] = _load_split(spec, split, file, limits.get(split), sample, sample_seed, max_input_chars, cut)
         files[split] = file
         hashes[split] = hashlib.sha256(file.read_bytes()).hexdigest()
     train_inputs = {normalize_text(ex.input): ex for ex in splits["train"]}
+    train_ids = {ex.id for ex in splits["train"]}
     overlap = tuple((ex.id, train_inputs[normalize_text(ex.input)].id) for ex in splits["heldout"]
                     if normalize_text(ex.input) in train_inputs)
     allowed = spec.allow_overlap if allow_overlap is None else allow_overlap
@@ -445,7 +468,24 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
                 label_text=MappingProxyType(spec.label_text), fields=spec.fields,
                 description=spec.description, overlap=overlap, metrics=spec.metrics, rules=spec.rules,
                 schema=_freeze(spec.schema) if spec.schema is not None else None,
-                judge=_judge(spec, directory))
+                judge=_judge(spec, directory), cut_inputs=tuple(dict.fromkeys(cut)), max_input_chars=max_input_chars,
+                shared_ids=tuple(ex.id for ex in splits["heldout"] if ex.id in train_ids))
+
+
+def _labels_as_written(text: str, labels: list | dict) -> list | dict:
+    """The labels of task.yaml as typed: YAML 1.1 reads `labels: [yes, no]` as booleans (and `on`, `off`, `1.0`
+    as others); a label is the text the data files use, so each scalar label is taken from the document as written."""
+    try:
+        root = yaml.compose(text)
+        node = next(v for k, v in root.value if k.value == "labels")
+    except (yaml.YAMLError, StopIteration, AttributeError, TypeError):
+        return labels
+    if isinstance(labels, list) and isinstance(node, yaml.SequenceNode):
+        return [n.value if isinstance(n, yaml.ScalarNode) else v for n, v in zip(node.value, labels)]
+    if isinstance(labels, dict) and isinstance(node, yaml.MappingNode) and len(node.value) == len(labels):
+        return {k.value if isinstance(k, yaml.ScalarNode) else key: value
+                for (k, _), (key, value) in zip(node.value, labels.items())}
+    return labels
 
 
 def _judge(spec: _Spec, directory: Path) -> Mapping[str, Any] | None:
