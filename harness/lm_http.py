@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP backend (chat completions): hosted APIs, vLLM, llama.cpp's server.
 
 - The API key is read from the environment variable the config names (`api_key_env`); it is sent in a header and
-  never written to results, logs or error messages.
+  never written to results, logs or error messages: a server that echoes it (in an error body or an answer) has
+  its value replaced by REDACTED before anything is parsed, cached, stored or printed.
 - Requests run `concurrency` at a time. Connection errors, timeouts, 429 and 5xx are retried with capped exponential
   backoff; when the retries run out the arm stops with one clear line (what was answered is kept, see the cache).
 - Every answered request is cached on disk under a hash of the request (URL, model, messages, settings), never
@@ -36,6 +37,7 @@ from harness.lm import GENERATE, Generation
 
 CHARS_PER_TOKEN = 2  # generous: SmolLM2's tokenizer measured 2.3 characters per token on the supplier_intake forms
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+REDACTED = "[REDACTED]"
 
 
 class BackendError(HarnessError):
@@ -61,12 +63,14 @@ class HTTPChatLM:
         self.base_url, self.model = str(base_url).rstrip("/"), str(model)
         self.api_key_env = api_key_env
         headers = {"Content-Type": "application/json"}
+        self._secret = ""
         if api_key_env:
             key = os.environ.get(str(api_key_env))
             if not key:
                 raise ConfigError(f"the environment variable {api_key_env} (named by model.api_key_env) is not set",
                                   field="model.api_key_env")
             headers["Authorization"] = f"Bearer {key}"
+            self._secret = key
         self.concurrency, self.timeout_s = concurrency, float(timeout_s)
         self.max_retries, self.backoff_s, self.backoff_max_s = int(max_retries), float(backoff_s), float(backoff_max_s)
         self.temperature, self.seed = float(temperature), seed
@@ -180,14 +184,14 @@ class HTTPChatLM:
             else:
                 if r.status_code == 200:
                     try:
-                        data = r.json()
+                        data = json.loads(self.scrub(r.text))
                     except ValueError:
                         return Generation("", 0, 0, 0.0, error="malformed response (not JSON)")
                     return data if isinstance(data, dict) else Generation("", 0, 0, 0.0, error="malformed response")
                 if r.status_code in (401, 403):
                     raise BackendError(f"{self.base_url} refused the API key (HTTP {r.status_code})")
                 if r.status_code not in RETRY_STATUS:  # 400 etc.: this request is wrong, asking again will not help
-                    detail = _detail(r)
+                    detail = self.scrub(_detail(r))
                     context = any(w in detail.lower() for w in ("context", "too long", "exceed", "n_ctx"))
                     return Generation("", 0, 0, 0.0, truncated=context,
                                       error=("prompt longer than the server's context: " if context else
@@ -200,6 +204,10 @@ class HTTPChatLM:
             attempt += 1
             self._count("retries")
             time.sleep(delay)
+
+    def scrub(self, text: str) -> str:
+        """The text with the API key's value replaced: servers may echo the request's headers."""
+        return text.replace(self._secret, REDACTED) if self._secret else text
 
     def _count(self, key: str) -> None:
         with self._lock:
