@@ -5,6 +5,7 @@ Knows the Strategy protocol, not the concrete strategies: each is instantiated f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import statistics
@@ -16,6 +17,7 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
 
 from harness import cost, datachecks, display, forgetting, judge, provenance, report, rundata, scoring
 from harness.errors import ConfigError, HarnessError
@@ -55,7 +57,20 @@ def load_configured_task(cfg: DictConfig) -> Task:
                      limit_train=_positive_or_none(limit.get("train"), "limit.train"),
                      limit_heldout=_positive_or_none(limit.get("heldout"), "limit.heldout"),
                      sample=str(limit.get("sample", "first")), sample_seed=int(cfg.get("seed", 0)),
-                     allow_overlap=cfg.get("allow_overlap"))
+                     allow_overlap=cfg.get("allow_overlap"),
+                     max_input_chars=_positive_or_none(limit.get("input_chars"), "limit.input_chars"))
+
+
+# The results folder cannot be written (disk full, read-only): the run stops with one line instead of failing
+# arm after arm; what is on disk is kept and a rerun resumes.
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def redact_record(record: dict) -> dict:
+    """A prediction record with personal data in its prompt replaced (datachecks.redact): the prompt as sent,
+    minus emails, phone numbers, card numbers, IBANs and sort codes of the demonstrations and the input."""
+    prompt, n = datachecks.redact(record.get("prompt") or "")
+    return {**record, "prompt": prompt, "prompt_redacted": n} if n else record
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs):
@@ -155,13 +170,13 @@ class Runner:
 
     def run(self) -> dict:
         cfg = self.cfg
+        seed = cfg.seed
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"must be a whole number, got {seed!r}", field="seed")
         task = load_configured_task(cfg)
         names = list(cfg.strategies or {})
         if not names:
             raise ConfigError("no strategies selected (e.g. strategies=[zero_shot,prompt_only])", field="strategies")
-        seed = cfg.seed
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ConfigError(f"must be a whole number, got {seed!r}", field="seed")
         cost.load_cost_config(cfg.get("cost"))  # refused before any work, naming the field
         rundata.settings(cfg.get("decision"), seed)
         display.status(f"task {task.name}: {task.type}, train {len(task.train)}, held-out {len(task.heldout)}")
@@ -175,7 +190,8 @@ class Runner:
             strategy = _instantiate(node, f"strategy {arm_name!r}", name=arm_name, **extra)
             if hasattr(strategy, "check"):
                 strategy.check(task, arm_lm)
-            key = fingerprint(strategy.describe(), arm_lm.describe(), dict(task.data_hashes), len(task.train), seed)
+            key = fingerprint(strategy.describe(), arm_lm.describe(), dict(task.data_hashes), len(task.train), seed,
+                              *([{"input_chars": task.max_input_chars}] if task.cut_inputs else []))
             prepare_path = self.run_dir / arm_name / "prepare.json"
             if prepare_path.exists() and read_json(prepare_path).get("fingerprint") != key:
                 raise ConfigError(f"{prepare_path.parent} holds results of a different configuration of "
@@ -190,7 +206,16 @@ class Runner:
             **provenance.collect(CODE_DIR), "task": task.name, "task_dir": str(task.directory.resolve()),
             "data_hashes": dict(task.data_hashes), "seed": seed, "strategies": names,
             "limits": {"train": len(task.train), "heldout": len(task.heldout)}, "model": model,
+            "inputs_cut": {"limit_chars": task.max_input_chars, "ids": list(task.cut_inputs)},
+            "ids_in_train_and_heldout": list(task.shared_ids),
             "config": OmegaConf.to_container(cfg, resolve=True)})
+        if task.cut_inputs:
+            display.status(f"[yellow]warning:[/yellow] {len(task.cut_inputs)} input(s) longer than "
+                           f"{task.max_input_chars:,} characters (limit.input_chars) were cut in the middle; ids in "
+                           f"run.json")
+        if task.shared_ids:
+            display.status(f"[yellow]warning:[/yellow] {len(task.shared_ids)} id(s) appear in both train and held-out "
+                           f"(first: {escape(repr(task.shared_ids[0]))}), usually a data bug; ids in run.json")
         if task.overlap:
             display.status(f"[yellow]warning:[/yellow] {len(task.overlap)} held-out inputs also appear in train "
                            f"(allowed by allow_overlap)")
@@ -202,9 +227,11 @@ class Runner:
                 try:
                     results[name] = self._run_strategy(name, strategy, key, target, task, arm_lm, seed, bars)
                 except Exception as e:  # a failing arm is recorded; the other arms still run
+                    if isinstance(e, OSError) and e.errno in UNWRITABLE:
+                        raise
                     user_error = isinstance(e, HarnessError)
                     message = str(e) if user_error else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                    write_json(self.run_dir / name / "error.json",
+                    write_json(self.run_dir / name / "error.json",  # a full disk here stops the run (cli: one line)
                                {"error": message, "traceback": None if user_error else traceback.format_exc()})
                     display.error(f"strategy {name} failed: {message}")
                     results[name] = {"error": message}
@@ -299,7 +326,7 @@ class Runner:
         path = self.run_dir / "data_checks.json"
         checks = self.cfg.get("checks") or {}
         key = fingerprint(dict(task.data_hashes), OmegaConf.to_container(checks, resolve=True),
-                          {k: p.pattern for k, p in datachecks.PII_PATTERNS.items()})
+                          {k: p.pattern for k, p in datachecks.PII_PATTERNS.items()}, datachecks.DETECTOR)
         if path.exists() and read_json(path).get("key") == key:
             return read_json(path)
         encode = None
@@ -354,6 +381,8 @@ class Runner:
                 yield name, plain, {}, model
                 continue
             for s in seeds:
+                if isinstance(s, bool) or not isinstance(s, int):
+                    raise ConfigError(f"must be a list of whole numbers, got {s!r}", field=f"strategies.{name}.seeds")
                 yield f"{name}@seed{s}", plain, {"seed": int(s)}, model
 
     def _run_strategy(self, name: str, strategy, key: str, target: str, task: Task, lm, seed: int, bars) -> dict:
@@ -378,7 +407,7 @@ class Runner:
             predictions = strategy.predict(batch)
             if [p.id for p in predictions] != [ex.id for ex in batch]:
                 raise RuntimeError(f"strategy {name} returned predictions out of order or incomplete")
-            log.append(p.to_json() for p in predictions)
+            log.append(redact_record(p.to_json()) for p in predictions)
             advance(len(batch))
         records = [log.records[ex.id] for ex in task.heldout]
         metrics = score_strategy(task, log.records, self._encoder() if "embedding_cosine" in task.metrics else None,
