@@ -38,7 +38,7 @@ def run(cfg: DictConfig) -> None:
         sys.exit(2)
     except OSError as e:
         display.error(os_error_line(e))
-        sys.exit(1 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 2)
+        sys.exit(1 if e.errno in NO_SPACE else 2)
     display.console.print(display.comparison_table(comparison))
     panel = display.verdict_panel(comparison)
     if panel:
@@ -49,10 +49,13 @@ def run(cfg: DictConfig) -> None:
         sys.exit(1)
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file size limit: exit 1, not bad input
+
+
 def os_error_line(e: OSError) -> str:
     """One line for a file-system failure (disk full, read-only or missing folder) during a run or a report."""
     where = f"{e.filename}: " if e.filename else ""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in NO_SPACE:
         return f"{where}disk full ({e.strerror}); what was written before is kept, and a rerun resumes"
     return f"{where}{e.strerror or e}"
 
@@ -198,7 +201,7 @@ def main() -> None:
             sys.exit(2)
         except OSError as e:
             display.error(os_error_line(e))
-            sys.exit(1 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 2)
+            sys.exit(1 if e.errno in NO_SPACE else 2)
     try:
         check_overrides(sys.argv[1:])
     except HarnessError as e:

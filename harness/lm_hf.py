@@ -166,10 +166,14 @@ class TransformersLM:
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _batches(self, lengths: list[int]):
-        """Indices grouped by length (longest first) so batches carry little padding."""
+        """Indices grouped by length (longest first) so batches carry little padding. A prompt longer than half the
+        context runs alone: padding shorter prompts up to it cost gigabytes (attention masks grow with its square)."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        for s in range(0, len(order), self.batch_size):
-            yield order[s:s + self.batch_size]
+        alone = [i for i in order if lengths[i] > self.max_length // 2]
+        yield from ([i] for i in alone)
+        rest = order[len(alone):]
+        for s in range(0, len(rest), self.batch_size):
+            yield rest[s:s + self.batch_size]
 
     def _shared_prefix(self, encoded: list[list[int]]) -> int:
         if len(encoded) < 2:

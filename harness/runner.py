@@ -63,7 +63,7 @@ def load_configured_task(cfg: DictConfig) -> Task:
 
 # The results folder cannot be written (disk full, read-only): the run stops with one line instead of failing
 # arm after arm; what is on disk is kept and a rerun resumes.
-UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def redact_record(record: dict) -> dict:
