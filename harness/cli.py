@@ -107,6 +107,8 @@ def check_overrides(args: list[str]) -> None:
                                   field="task")
     results = given.get("results_dir")
     _check_writable(str(results.value()) if results and isinstance(results.value(), str) else "results/")
+    if results and isinstance(results.value(), str) and "${" not in results.value():
+        runlock.check_free(Path(results.value()).expanduser())  # a busy folder: refused before Hydra writes there
 
 
 def _check_writable(results_dir: str) -> None:

@@ -23,10 +23,7 @@ class FolderBusy(ConfigError):
     """Another run holds the results folder."""
 
 
-@contextmanager
-def hold(run_dir: Path) -> Iterator[None]:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _acquire(run_dir: Path) -> FileLock:
     lock = FileLock(str(run_dir / LOCK))
     try:
         lock.acquire(timeout=0)
@@ -36,7 +33,21 @@ def hold(run_dir: Path) -> Iterator[None]:
         except OSError:
             holder = "another run"
         raise FolderBusy(f"{run_dir} is in use by {holder}; wait for it to finish or choose another results_dir",
-                          field="results_dir") from None
+                         field="results_dir") from None
+    return lock
+
+
+def check_free(run_dir: Path) -> None:
+    """Refuse a folder another run holds before Hydra writes its .hydra files into it (FolderBusy)."""
+    if (Path(run_dir) / LOCK).is_file():
+        _acquire(Path(run_dir)).release()
+
+
+@contextmanager
+def hold(run_dir: Path) -> Iterator[None]:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = _acquire(run_dir)
     try:
         (run_dir / OWNER).write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
                                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}", encoding="utf-8")

@@ -179,7 +179,7 @@ class Runner:
             raise ConfigError("no strategies selected (e.g. strategies=[zero_shot,prompt_only])", field="strategies")
         cost.load_cost_config(cfg.get("cost"))  # refused before any work, naming the field
         rundata.settings(cfg.get("decision"), seed)
-        display.status(f"task {task.name}: {task.type}, train {len(task.train)}, held-out {len(task.heldout)}")
+        display.status(f"task {escape(task.name)}: {task.type}, train {len(task.train)}, held-out {len(task.heldout)}")
         lm = self._model(cfg.model, None)
         model = lm.describe()
         # Preflight: every arm is built, its model loaded or reached, and checked against what its backend can do
@@ -231,7 +231,7 @@ class Runner:
                         raise
                     user_error = isinstance(e, HarnessError)
                     message = str(e) if user_error else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                    write_json(self.run_dir / name / "error.json",  # a full disk here stops the run (cli: one line)
+                    write_json(self.run_dir / name / "error.json",  # a full disk here stops the run: one line
                                {"error": message, "traceback": None if user_error else traceback.format_exc()})
                     display.error(f"strategy {name} failed: {message}")
                     results[name] = {"error": message}

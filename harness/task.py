@@ -482,9 +482,9 @@ def _labels_as_written(text: str, labels: list | dict) -> list | dict:
         return labels
     if isinstance(labels, list) and isinstance(node, yaml.SequenceNode):
         return [n.value if isinstance(n, yaml.ScalarNode) else v for n, v in zip(node.value, labels)]
-    if isinstance(labels, dict) and isinstance(node, yaml.MappingNode) and len(node.value) == len(labels):
-        return {k.value if isinstance(k, yaml.ScalarNode) else key: value
-                for (k, _), (key, value) in zip(node.value, labels.items())}
+    if isinstance(labels, dict) and isinstance(node, yaml.MappingNode) and all(
+            isinstance(k, yaml.ScalarNode) and isinstance(v, yaml.ScalarNode) for k, v in node.value):
+        return {k.value: None if v.tag.endswith(":null") else v.value for k, v in node.value}  # label: description
     return labels
 
 
