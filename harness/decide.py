@@ -116,6 +116,21 @@ def against_best(ev: Evidence, samples: Mapping, tests: Sequence[Mapping], names
     return out
 
 
+def _power(tests: Sequence[Mapping], best: str | None, n: int, s: Settings) -> dict:
+    detectable = [t["detectable_difference"] for t in tests if best in (t["a"], t["b"])]
+    return {"n": n, "alpha": s.alpha, "power": s.power,
+            "detectable_difference": float(np.median(detectable)) if detectable else
+            stats.worst_case_detectable(n, s.alpha, s.power),
+            "worst_case": stats.worst_case_detectable(n, s.alpha, s.power)}
+
+
+def _costs(cfg: costs.CostConfig, priced: Mapping, reference: Mapping | None, odds: Mapping | None) -> dict:
+    return {"currency": cfg.currency, "volume_per_month": cfg.volume_per_month, "horizon_months": cfg.horizon_months,
+            "hardware": cfg.hardware, "error_cost": cfg.error_cost, "review_cost": cfg.review_cost,
+            "prices_are_examples": cfg.example, "arms": priced, "reference_api": reference,
+            **({"p_cheapest": odds["p_cheapest"], "expected_regret": odds["expected_regret"]} if odds else {})}
+
+
 def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
     names = [a for a, r in ev.arms.items() if "error" not in r and "@seed" not in a]
     if not names:
@@ -127,17 +142,23 @@ def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
     tests = paired_tests(ev, samples, s) if len(names) > 1 else []
     priced = {a: costs.arm_cost(ev.arms[a], cost_cfg, ev.primary) for a in names}
     score = {a: ev.arms[a]["metrics"][ev.primary] for a in names}
-    failures = {a: {**rule.failure(ev.arms[a])} for a in names}
+    failures = {a: rule.failure(ev.arms[a]) for a in names}
     for f in failures.values():
         f["broken"] = f["rate"] > s.max_failure_rate
     selectable = [a for a in names if not failures[a]["broken"]]
     totals = {a: priced[a]["monthly_total"] for a in names}
+    reference = None
+    if cost_cfg.reference_api and cost_cfg.reference_api["prompts_of"] in ev.arms:
+        reference = costs.reference_api_cost(ev.arms[cost_cfg.reference_api["prompts_of"]], cost_cfg)
+    forgot = forgetting(ev, s)
+    recorded = {"settings": s.__dict__, "intervals": ci, "paired_tests": tests, "failures": failures,
+                "forgetting": forgot}
     if not selectable:
-        return _nothing(f"No arm can be chosen: every arm failed on more than {s.max_failure_rate:.0%} of its "
-                        f"held-out requests ({', '.join(a + ' ' + format(failures[a]['rate'], '.0%') for a in names)}).",
-                        settings=s.__dict__, intervals=ci, paired_tests=tests, failures=failures,
-                        costs={"currency": cost_cfg.currency, "volume_per_month": cost_cfg.volume_per_month,
-                               "arms": priced})
+        rates = ", ".join(f"{a} {failures[a]['rate']:.0%}" for a in names)
+        return {**recorded, "power": _power(tests, None, n, s), "best": None, "eligible": [], "against_best": {},
+                "costs": _costs(cost_cfg, priced, reference, None), "break_even": {}, "decision_map": None,
+                **_nothing(f"No arm can be chosen: every arm failed on more than {s.max_failure_rate:.0%} of its "
+                           f"held-out examples ({rates}; failed requests, invalid labels or JSON).")}
     best = max(selectable, key=lambda a: (score[a], -(totals[a] if totals[a] is not None else float("inf"))))
     relations = against_best(ev, samples, tests, names, best, n, s)
     choice, eligible, still_open = rule.choose(selectable, best, relations, totals, score)
@@ -149,27 +170,13 @@ def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
     best_plain = max(plain, key=lambda a: score[a]) if plain else None
     breakeven = {a: {"against": best_plain, **costs.break_even(priced[a], priced[best_plain], cost_cfg.horizon_months)}
                  for a in tuned} if best_plain else {}
-    reference = None
-    if cost_cfg.reference_api and cost_cfg.reference_api["prompts_of"] in ev.arms:
-        reference = costs.reference_api_cost(ev.arms[cost_cfg.reference_api["prompts_of"]], cost_cfg)
-    detectable = [t["detectable_difference"] for t in tests if best in (t["a"], t["b"])]
-    power = {"n": n, "alpha": s.alpha, "power": s.power,
-             "detectable_difference": float(np.median(detectable)) if detectable else
-             stats.worst_case_detectable(n, s.alpha, s.power),
-             "worst_case": stats.worst_case_detectable(n, s.alpha, s.power)}
-    forgot = forgetting(ev, s)
+    power = _power(tests, best, n, s)
     verdict = write_verdict(ev=ev, s=s, cost_cfg=cost_cfg, names=names, score=score, ci=ci, tests=tests,
                             priced=priced, best=best, eligible=eligible, choice=choice, tuned=tuned,
                             best_plain=best_plain, breakeven=breakeven, power=power, forgetting=forgot,
                             reference=reference, relations=relations, still_open=still_open, failures=failures,
                             selectable=selectable, odds=odds)
-    decision_map = rule.decision_map(ev.arms, selectable, best, relations, score, ev.primary, cost_cfg)
-    return {"settings": s.__dict__, "intervals": ci, "paired_tests": tests, "power": power,
-            "best": best, "eligible": eligible, "against_best": relations, "failures": failures,
-            "costs": {"currency": cost_cfg.currency, "volume_per_month": cost_cfg.volume_per_month,
-                      "horizon_months": cost_cfg.horizon_months, "hardware": cost_cfg.hardware,
-                      "error_cost": cost_cfg.error_cost, "review_cost": cost_cfg.review_cost,
-                      "prices_are_examples": cost_cfg.example, "arms": priced, "reference_api": reference,
-                      **({"p_cheapest": odds["p_cheapest"], "expected_regret": odds["expected_regret"]}
-                         if odds else {})},
-            "break_even": breakeven, "forgetting": forgot, "decision_map": decision_map, "verdict": verdict}
+    return {**recorded, "power": power, "best": best, "eligible": eligible, "against_best": relations,
+            "costs": _costs(cost_cfg, priced, reference, odds), "break_even": breakeven,
+            "decision_map": rule.decision_map(ev.arms, selectable, best, relations, score, ev.primary, cost_cfg),
+            "verdict": verdict}

@@ -202,3 +202,18 @@ def model_label(model: dict | None) -> str:
         return "–"
     name = str(model.get("name_or_path", "?")).replace("packaged:", "")
     return f"{model.get('backend', '?')}: {name}" + (" +adapter" if model.get("adapter") else "")
+
+
+def headline(verdict: Mapping | None) -> dict[str, str]:
+    """The report's verdict headline: a css class (yes / no / open / none) and the words, undecided first. Reads
+    verdicts written before `status` existed as decided."""
+    if not verdict:
+        return {"css": "none", "text": "No decision recorded"}
+    if verdict.get("choice") is None:
+        return {"css": "no", "text": "No arm can be chosen"}
+    yes = verdict.get("fine_tuning_justified")
+    tuning = ("fine-tuning justified" if yes else "fine-tuning not justified" if yes is False else
+              "this run cannot tell whether fine-tuning is justified")
+    if verdict.get("status") == "undecided":
+        return {"css": "open", "text": f"Undecided ({tuning})"}
+    return {"css": "yes" if yes else "no" if yes is False else "open", "text": tuning[0].upper() + tuning[1:]}
