@@ -99,11 +99,12 @@ def cheapest_odds(totals: Mapping[str, np.ndarray], choice: str) -> dict:
 
 def decision_map(arms: Mapping[str, Mapping], selectable: Sequence[str], best: str, relations: Mapping[str, Mapping],
                  score: Mapping[str, float], primary: str, cfg: costs.CostConfig, points: int = 36) -> dict:
-    """The choice on a grid of monthly volume (10³–10⁸, log) × error cost per wrong answer (0 to a sensible
-    maximum: twice the configured one, at least 1 currency unit): which arm, and whether the verdict is open."""
+    """The choice on a grid of monthly volume (10³–10⁸, log) × error cost per wrong answer (0, then log-spaced
+    from a thousandth of the maximum to the maximum: twice the configured cost, at least 1 currency unit): which
+    arm, and whether the verdict is open."""
     volumes = np.logspace(3, 8, points).tolist()
     top = max(1.0, 2 * cfg.error_cost)
-    error_costs = np.linspace(0, top, points // 2 + 1).tolist()
+    error_costs = [0.0, *np.geomspace(top / 1000, top, points // 2).tolist()]
     choice, undecided = [], []
     for e in error_costs:
         row, open_row = [], []

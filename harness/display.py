@@ -59,7 +59,7 @@ def comparison_table(comparison: dict) -> Table:
     table.add_column("95% CI", justify="right", no_wrap=True)
     for m in secondary:
         table.add_column(m, justify="right", no_wrap=True)
-    for col in ("tokens in/out", "s/ex", "train (s)", "$/1k req", "$/month", "$/correct"):
+    for col in ("tokens in/out", "s/ex", "train (s)", "$/1k req", "$/month", "$/1k correct"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, r in rows.items():
         if "error" in r:
@@ -79,7 +79,7 @@ def comparison_table(comparison: dict) -> Table:
                       fmt(u["latency_s"]["mean"], 2), train,
                       money(cost.get("per_1k_requests"), currency) if cost else "–",
                       money(cost.get("monthly_total"), currency) if cost else "–",
-                      money(cost.get("cost_per_correct"), currency) if cost.get("cost_per_correct") else "–")
+                      money(1000 * cost["cost_per_correct"], currency) if cost.get("cost_per_correct") else "–")
     return table
 
 
@@ -88,13 +88,13 @@ def verdict_title(verdict: dict) -> tuple[str, str]:
     yes, status = verdict.get("fine_tuning_justified"), verdict.get("status", "decided")
     if verdict.get("choice") is None:
         return "[bold]No arm can be chosen[/bold]", "red"
-    tuning = ("[green]justified[/green]" if yes else "[red]not justified[/red]" if yes is False
-              else "[yellow]cannot tell[/yellow]")
+    tuning = ("fine-tuning [green]justified[/green]" if yes else "fine-tuning [red]not justified[/red]"
+              if yes is False else "whether fine-tuning is justified: [yellow]open[/yellow]")
     if status == "undecided":
         needed = f", about {verdict['n_needed']:,} held-out examples would settle it" if verdict.get("n_needed") else ""
-        return (f"[bold yellow]Verdict: undecided[/bold yellow] — for now {verdict['choice']}{needed}; fine-tuning "
-                f"{tuning}"), "yellow"
-    return (f"[bold]Verdict: choose {verdict['choice']}[/bold] — fine-tuning {tuning}",
+        return (f"[bold yellow]Verdict: undecided[/bold yellow] — for now {verdict['choice']}{needed}; {tuning}",
+                "yellow")
+    return (f"[bold]Verdict: choose {verdict['choice']}[/bold] — {tuning}",
             "green" if yes else "red" if yes is False else "yellow")
 
 

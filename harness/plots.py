@@ -176,8 +176,9 @@ def decision_map(comparison: Mapping) -> bytes | None:
     ax.plot([now.get("volume", volumes[0])], [now.get("error_cost", 0.0)], marker="*", markersize=16, color="white",
             markeredgecolor="black", linestyle="none")
     ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=max(errors[1], 1e-9) if len(errors) > 1 else 1.0)
     ax.set_xlabel("requests per month (log scale)")
-    ax.set_ylabel(f"cost of one wrong answer ({grid.get('currency', 'USD')})")
+    ax.set_ylabel(f"cost of one wrong answer ({grid.get('currency', 'USD')}, log above 0)")
     handles = [Patch(color=c, label=a) for a, c in zip(arms, colours)]
     if undecided.any():
         handles.append(Patch(facecolor="none", hatch="//", edgecolor="black", label="undecided there"))

@@ -47,7 +47,7 @@ def _rows(comparison: Mapping, details: Mapping[str, Mapping] | None = None) -> 
             "spread": f"± {spread:.3f} over seeds" if spread else "",
             "others": {m: fmt(v) for m, v in r["metrics"].items() if m != primary},
             "per_1k": money(p.get("per_1k_requests"), currency), "monthly": money(p.get("monthly_total"), currency),
-            "per_correct": money(p["cost_per_correct"], currency) if p.get("cost_per_correct") else "–",
+            "per_correct": money(1000 * p["cost_per_correct"], currency) if p.get("cost_per_correct") else "–",
             "relation": (decision.get("against_best") or {}).get(arm, {}).get("relation", ""),
             "one_off": money(p.get("one_off"), currency) if p else "–",
             "train_s": f"{t['wall_s']:.0f}" + (" (cached)" if t.get("cached") else "") if t else "–",
