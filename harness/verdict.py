@@ -102,7 +102,22 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
                      + (f" and {money(cost_cfg.review_cost, cur)} per output failing a rule" if cost_cfg.review_cost
                         else "") + ".")
 
-    reasons = [f"Best on {primary}: {show(best)} ({int(s.confidence * 100)}% bootstrap interval, n={power['n']})."]
+    reasons = _reasons(primary=primary, cur=cur, volume=volume, s=s, names=names, best=best, eligible=eligible,
+                       choice=choice, relations=relations, failures=failures, priced=priced, odds=odds,
+                       breakeven=breakeven, reference=reference, show=show, monthly=monthly, versus=versus,
+                       n=power['n'])
+    notes = caveats(ev=ev, s=s, cost_cfg=cost_cfg, names=names, score=score, choice=choice, tuned=tuned,
+                    eligible=eligible, power=power, forgetting=forgetting, failures=failures)
+    opened = ({"arm": still_open[0], "against": best, **{k: relations[still_open[0]][k] for k in
+               ("difference", "lower", "upper", "n_needed", "settle_by")}} if still_open else None)
+    return {"choice": choice, "fine_tuning_justified": justified, "status": "undecided" if still_open else "decided",
+            "n_needed": opened["n_needed"] if opened else None, "open": opened, "summary": " ".join(parts),
+            "reasons": reasons, "caveats": notes}
+
+
+def _reasons(*, primary, cur, volume, s, names, best, eligible, choice, relations, failures, priced, odds, breakeven,
+             reference, show, monthly, versus, n) -> list[str]:
+    reasons = [f"Best on {primary}: {show(best)} ({int(s.confidence * 100)}% bootstrap interval, n={n})."]
     for arm in names:
         if arm == best:
             continue
@@ -131,13 +146,7 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
         reasons.append(f"Reference: {reference['name']} on {reference['prompts_of']}'s prompts would cost "
                        f"{money(reference['monthly_total'], cur)}/month ({money(reference['per_1k_requests'], cur)} "
                        f"per 1k requests); its accuracy was not measured in this run.")
-    notes = caveats(ev=ev, s=s, cost_cfg=cost_cfg, names=names, score=score, choice=choice, tuned=tuned,
-                    eligible=eligible, power=power, forgetting=forgetting, failures=failures)
-    opened = ({"arm": still_open[0], "against": best, **{k: relations[still_open[0]][k] for k in
-               ("difference", "lower", "upper", "n_needed", "settle_by")}} if still_open else None)
-    return {"choice": choice, "fine_tuning_justified": justified, "status": "undecided" if still_open else "decided",
-            "n_needed": opened["n_needed"] if opened else None, "open": opened, "summary": " ".join(parts),
-            "reasons": reasons, "caveats": notes}
+    return reasons
 
 
 def _open_sentence(arm, relations, best, show, monthly, s, conf, n) -> str:
