@@ -155,7 +155,8 @@ def _open_sentence(arm, relations, best, show, monthly, s, conf, n) -> str:
             f"of the best arm, {show(best)} at {monthly(best)} (difference {r['difference']:+.3f}, one-sided {conf} "
             f"lower bound {r['lower']:+.3f}).")
     if r["settle_by"] == "non_inferiority":
-        return head + f" About {r['n_needed']:,} held-out examples (now {n}) would settle it at the observed difference."
+        return head + (f" About {r['n_needed']:,} held-out examples (now {n}) would settle it at the observed "
+                       f"difference.")
     if r["settle_by"] == "superiority":
         return head + (f" It cannot be settled as non-inferior: the observed difference is beyond the margin; about "
                        f"{r['n_needed']:,} held-out examples (now {n}) would show {best} better.")
@@ -186,7 +187,8 @@ def _decided(choice, best, best_plain, selectable_tuned, relations, breakeven, s
             return (f"Fine-tuning is justified at {at} requests/month: {show(choice)} is the best on {primary}; "
                     f"{best_plain} is {relation_text(r['relation'], margin)} it but costs more ({monthly(best_plain)} "
                     f"against {monthly(choice)}).")
-        return (f"Fine-tuning is justified on cost: {show(choice)} is {relation_text(relations[choice]['relation'], margin)} "
+        rel = relation_text(relations[choice]["relation"], margin)
+        return (f"Fine-tuning is justified on cost: {show(choice)} is {rel} "
                 f"the best arm, {show(best)} ({versus(choice)}), and at {at} requests/month it costs "
                 f"{monthly(choice)} against {monthly(best)}.")
     top = best if best in selectable_tuned else max(selectable_tuned, key=lambda a: relations[a]["difference"])

@@ -63,8 +63,8 @@ def test_a_tied_cheap_arm_with_a_wide_interval_is_undecided_and_ten_times_the_ex
     assert v["status"] == "undecided" and v["summary"].startswith("Undecided")
     assert v["open"]["arm"] == "few" and v["open"]["settle_by"] == "non_inferiority"
     # independent of the code's formula: the normal approximation of a paired difference of two 0/1 arms with 41
-    # discordant examples out of 200 has SE = sqrt((0.205 − 0.005²) / 200); the bound −0.005 − 1.645·SE·sqrt(200/N)
-    # clears −0.03 at N
+    # discordant examples out of 200 has SE = sqrt((0.205 − 0.005²) / 200); the bound
+    # −0.005 − 1.645·SE·sqrt(200/N) clears −0.03 at N
     expected = 200 * (1.6449 * math.sqrt((0.205 - 0.005 ** 2) / 200) / 0.025) ** 2  # ≈ 887
     assert v["n_needed"] == pytest.approx(expected, rel=0.12)
     assert f"About {v['n_needed']:,} held-out examples (now 200)" in v["summary"]
