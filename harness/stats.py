@@ -103,8 +103,8 @@ def examples_needed(observed: float, se: float, n: int, margin: float,
                     alpha: float = 0.05) -> tuple[int | None, str | None]:
     """Held-out examples that would settle an open comparison A − best at the observed difference and paired
     variance (SE shrinking as 1/√n): non-inferiority when observed > −margin (n such that
-    observed − z₁₋α·SE_n > −margin), otherwise superiority of the best (observed + z₁₋α/₂·SE_n < 0). (None, None) when neither can be
-    settled (no difference at all beyond the margin)."""
+    observed − z₁₋α·SE_n > −margin), otherwise superiority of the best (observed + z₁₋α/₂·SE_n < 0).
+    (None, None) when neither can be settled (no difference at all beyond the margin)."""
     if observed + margin > 0:
         z, gap, how = sps.norm.ppf(1 - alpha), observed + margin, "non_inferiority"
     elif observed < 0:
