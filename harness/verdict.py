@@ -226,5 +226,6 @@ def headline(verdict: Mapping | None) -> dict[str, str]:
     tuning = ("fine-tuning justified" if yes else "fine-tuning not justified" if yes is False else
               "this run cannot tell whether fine-tuning is justified")
     if verdict.get("status") == "undecided":
-        return {"css": "open", "text": f"Undecided ({tuning})"}
+        return {"css": "open", "text": "Undecided" + (f" ({tuning} either way)" if yes is not None else
+                                                      ": whether fine-tuning is justified stays open")}
     return {"css": "yes" if yes else "no" if yes is False else "open", "text": tuning[0].upper() + tuning[1:]}
