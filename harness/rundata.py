@@ -49,14 +49,19 @@ ALIASES = ("tolerance", "meaningful_difference")  # earlier names of `margin`, s
 
 def settings(raw: Mapping | None, seed: int) -> decide.Settings:
     """Validated decision settings. `tolerance` and `meaningful_difference`, the two earlier names of one concept,
-    are read as `margin` when it is not set (a tolerance above 0 wins: it was set on purpose)."""
+    are read as `margin`: a tolerance above 0 was set on purpose and wins (conf/decision/default.yaml leaves both
+    null); a meaningful_difference counts where no margin is set (an older run.json)."""
     raw = dict(raw or {})
-    old = {k: raw.pop(k) for k in ALIASES if k in raw}
+    old = {k: raw.pop(k) for k in ALIASES if raw.get(k) is not None}
     for key, value in old.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"must be a number ≥ 0, got {value!r}", field=f"decision.{key}")
-    if "margin" not in raw and old:
-        raw["margin"] = old["tolerance"] if old.get("tolerance") else old.get("meaningful_difference", 0.03)
+    for key in ALIASES:
+        raw.pop(key, None)
+    if old.get("tolerance"):
+        raw["margin"] = old["tolerance"]
+    elif "margin" not in raw and "meaningful_difference" in old:
+        raw["margin"] = old["meaningful_difference"]
     known = set(decide.Settings.__dataclass_fields__) - {"seed"}
     unknown = sorted(set(raw) - known)
     if unknown:

@@ -162,7 +162,8 @@ def test_margin_reads_its_earlier_names_from_older_runs():
     assert load_settings({}, 0).margin == 0.03
     assert load_settings({"tolerance": 0.0, "meaningful_difference": 0.03}, 0).margin == 0.03  # an old run.json
     assert load_settings({"tolerance": 0.02, "meaningful_difference": 0.03}, 0).margin == 0.02  # set on purpose
-    assert load_settings({"margin": 0.01, "tolerance": 0.05}, 0).margin == 0.01
+    assert load_settings({"margin": 0.03, "tolerance": 0.05}, 0).margin == 0.05  # decision.tolerance=0.05 as before
+    assert load_settings({"margin": 0.01, "tolerance": None, "meaningful_difference": None}, 0).margin == 0.01
 
 
 # ---------------------------------------------------------------- the verdict rule
