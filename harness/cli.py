@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> None:
         display.console.print(panel)
     report = run_dir / "report.html"
     display.console.print(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else ""))
-    if any("error" in r for r in comparison["strategies"].values()):
+    if _broken(comparison) or any("error" in r for r in comparison["strategies"].values()):
         sys.exit(1)
 
 
@@ -132,7 +132,11 @@ def _report(argv: list[str]) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--cost", help="a cost model: a name in conf/cost/ or a YAML file (default: the run's)")
     parser.add_argument("--volume", type=float, help="requests per month (overrides the cost model's)")
-    parser.add_argument("--tolerance", type=float, help="accepted difference on the primary metric")
+    parser.add_argument("--margin", type=float, help="the smallest difference on the primary metric you care about: "
+                        "a cheaper arm qualifies when shown no worse than the best by more than this")
+    parser.add_argument("--tolerance", type=float, help=argparse.SUPPRESS)  # the earlier name of --margin
+    parser.add_argument("--error-cost", type=float, help="cost of one wrong answer (currency per wrong example)")
+    parser.add_argument("--review-cost", type=float, help="cost of reviewing one output that fails a task rule")
     args = parser.parse_args(argv)
     from harness import report, rundata
     from harness.results import read_json
@@ -145,11 +149,14 @@ def _report(argv: list[str]) -> int:
         if not path.is_file():
             raise HarnessError(f"{path}: cost model not found")
         cost = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    if args.volume is not None:
-        cost = {**(cost or {}), "volume_per_month": args.volume}
+    for key, value in (("volume_per_month", args.volume), ("error_cost", args.error_cost),
+                       ("review_cost", args.review_cost)):
+        if value is not None:
+            cost = {**(cost or {}), key: value}
     decision = dict(config.get("decision") or {})
-    if args.tolerance is not None:
-        decision["tolerance"] = args.tolerance
+    margin = args.margin if args.margin is not None else args.tolerance
+    if margin is not None:
+        decision["margin"] = margin
     comparison = rundata.decide_run(args.run_dir, cost, decision)
     paths = report.write_reports(args.run_dir)
     display.console.print(display.comparison_table(comparison))
@@ -157,7 +164,15 @@ def _report(argv: list[str]) -> int:
     if panel:
         display.console.print(panel)
     display.console.print(f"report: {paths['html']}\n        {paths['md']}")
-    return 0
+    return _broken(comparison)
+
+
+def _broken(comparison: dict) -> int:
+    """1 (with one line) when an arm failed on every request or no arm can be chosen, else 0."""
+    problems = display.run_problems(comparison)
+    for line in problems:
+        display.error(line)
+    return 1 if problems else 0
 
 
 def _compare(argv: list[str]) -> int:

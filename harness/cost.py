@@ -1,6 +1,10 @@
 """Cost model: measured usage (throughput, tokens, training time) × the prices in conf/cost/*.yaml → $ per 1k
 requests, one-off and recurring costs, monthly totals and the break-even volume of fine-tuning. Pure.
 
+Wrong answers cost money too: `error_cost` per wrong example on the primary metric (per unit of 1 − metric for
+metrics that are not 0/1) and `review_cost` per output failing any of the task's rules are priced per request from
+the arm's measured scores and counted in the monthly total.
+
 Self-hosted serving is priced as hourly price × measured time per request (the run's batched throughput on the
 machine that produced it). A fine-tuned arm also pays its measured training time (one-off, and again at every
 retraining), labelling of its training examples, and a monthly upkeep (versioning, evaluation, data governance).
@@ -28,6 +32,12 @@ class CostConfig:
     reference_api: Mapping[str, Any] | None
     example: bool
     api_prices: Mapping[str, Mapping[str, float]] | None = None  # served model name → per-1M-token prices
+    error_cost: float = 0.0    # per wrong example (per unit of 1 − primary metric) per request
+    review_cost: float = 0.0   # per output failing any of the task's rules (1 − rules_pass) per request
+
+    @property
+    def prices_errors(self) -> bool:
+        return self.error_cost > 0 or self.review_cost > 0
 
 
 def _number(raw: Mapping, key: str, field: str, *, positive: bool = False, optional: bool = False) -> float | None:
@@ -73,6 +83,8 @@ def load_cost_config(raw: Mapping | None) -> CostConfig:
                       labelling_cost_per_example=_number(ft, "labelling_cost_per_example",
                                                          "cost.fine_tuning.labelling_cost_per_example") or 0.0,
                       reference_api=dict(api) if api else None, example=bool(raw.get("example", False)),
+                      error_cost=_number(raw, "error_cost", "cost.error_cost", optional=True) or 0.0,
+                      review_cost=_number(raw, "review_cost", "cost.review_cost", optional=True) or 0.0,
                       api_prices={str(k): {p: float(v[p]) for p in ("input_per_1m", "output_per_1m")}
                                   for k, v in api_prices.items()})
 
@@ -85,10 +97,22 @@ def token_price(arm: Mapping, cfg: CostConfig) -> Mapping[str, float] | None:
     return cfg.api_prices.get(str(model.get("name_or_path")))
 
 
-def arm_cost(arm: Mapping, cfg: CostConfig) -> dict:
+def error_per_1k(metrics: Mapping[str, float], primary: str | None, cfg: CostConfig) -> float:
+    """Expected cost of wrong answers per 1k requests: error_cost × (1 − primary metric) + review_cost × (1 −
+    rules_pass), from the arm's measured scores (or from one bootstrap resample of them)."""
+    cost = 0.0
+    if cfg.error_cost and primary and metrics.get(primary) is not None:
+        cost += cfg.error_cost * (1 - metrics[primary])
+    if cfg.review_cost and metrics.get("rules_pass") is not None:
+        cost += cfg.review_cost * (1 - metrics["rules_pass"])
+    return 1000 * cost
+
+
+def arm_cost(arm: Mapping, cfg: CostConfig, primary: str | None = None) -> dict:
     """Costs of one arm from its recorded result (usage, training, prepare_s, train_examples), priced by its own
     backend: an arm on an API model listed in `api_prices` pays its measured tokens at those prices; every other
-    arm (transformers, llama.cpp, a server you host) pays the hourly price × its measured time per request."""
+    arm (transformers, llama.cpp, a server you host) pays the hourly price × its measured time per request. With
+    `primary`, the expected cost of its wrong answers (`error_per_1k`) and the cost per correct answer too."""
     usage = arm["usage"]
     seconds_per_request = 1 / usage["examples_per_s"] if usage.get("examples_per_s") else None
     prices = token_price(arm, cfg)
@@ -112,16 +136,30 @@ def arm_cost(arm: Mapping, cfg: CostConfig) -> dict:
               "seconds_per_request": seconds_per_request, "per_1k_requests": per_1k,
               "one_off": one_off, "one_off_parts": {"training_compute": train_compute, "setup_compute": setup_compute,
                                                     "labelling": labelling},
-              "recurring_per_month": recurring}
+              "recurring_per_month": recurring,
+              "error_cost_per_1k_requests": error_per_1k(arm.get("metrics") or {}, primary, cfg)}
     result["monthly_total"] = monthly_total(result, cfg.volume_per_month, cfg.horizon_months)
+    result["error_cost_per_month"] = cfg.volume_per_month / 1000 * result["error_cost_per_1k_requests"]
+    score = (arm.get("metrics") or {}).get(primary) if primary else None
+    result["cost_per_correct"] = (result["monthly_total"] / (cfg.volume_per_month * score)
+                                  if result["monthly_total"] is not None and score and cfg.volume_per_month else None)
     return result
 
 
-def monthly_total(cost: Mapping, volume: float, horizon_months: float) -> float | None:
-    """Serving at `volume` requests/month + recurring + the one-off spread over the horizon."""
+def all_in_per_1k(cost: Mapping) -> float | None:
+    """Serving + expected wrong-answer cost per 1k requests (the latter 0 unless error costs are set)."""
     if cost["per_1k_requests"] is None:
         return None
-    return volume / 1000 * cost["per_1k_requests"] + cost["recurring_per_month"] + cost["one_off"] / horizon_months
+    return cost["per_1k_requests"] + cost.get("error_cost_per_1k_requests", 0.0)
+
+
+def monthly_total(cost: Mapping, volume: float, horizon_months: float) -> float | None:
+    """Serving and expected wrong answers at `volume` requests/month + recurring + the one-off spread over the
+    horizon."""
+    per_1k = all_in_per_1k(cost)
+    if per_1k is None:
+        return None
+    return volume / 1000 * per_1k + cost["recurring_per_month"] + cost["one_off"] / horizon_months
 
 
 def break_even(tuned: Mapping, other: Mapping, horizon_months: float) -> dict:
@@ -131,7 +169,7 @@ def break_even(tuned: Mapping, other: Mapping, horizon_months: float) -> dict:
     fixed_other = other["recurring_per_month"] + other["one_off"] / horizon_months
     if tuned["per_1k_requests"] is None or other["per_1k_requests"] is None:
         return {"requests_per_month": None, "reason": "throughput not measured"}
-    saving_per_1k = other["per_1k_requests"] - tuned["per_1k_requests"]
+    saving_per_1k = all_in_per_1k(other) - all_in_per_1k(tuned)  # wrong answers counted when error costs are set
     if saving_per_1k <= 0:
         reason = "costs at least as much per request: never pays back"
         if saving_per_1k < 0 and fixed_tuned < fixed_other:

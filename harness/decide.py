@@ -1,9 +1,9 @@
 """The decision: a pure function of recorded results, the cost model and the decision settings.
 
 decide(evidence, cost, settings) → intervals for every metric of every arm, Holm-corrected paired tests on the
-primary metric, the held-out set's detectable difference, costs and break-even, the forgetting check, and the
-verdict. The rule (README, "How the verdict is reached"): among the arms not significantly worse than the best on
-the primary metric, or within `tolerance` of it, choose the cheapest at the configured monthly volume.
+primary metric, each arm against the best (non-inferiority and equivalence within ±margin), the held-out set's
+detectable difference, costs (wrong answers priced when error costs are set) and break-even, the forgetting check,
+the decision map and the verdict. The rule is `harness.choice` (README, "How the verdict is reached").
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from harness import choice as rule
 from harness import cost as costs
 from harness import stats, uncertainty
 from harness.verdict import find_pair, write_verdict
@@ -22,8 +23,8 @@ from harness.verdict import find_pair, write_verdict
 @dataclass(frozen=True)
 class Settings:
     alpha: float = 0.05
-    tolerance: float = 0.0
-    meaningful_difference: float = 0.03
+    margin: float = 0.03              # the smallest difference on the primary metric the team cares about
+    max_failure_rate: float = 0.05    # an arm failing on more of its requests is reported but never chosen
     power: float = 0.8
     resamples: int = 2000
     confidence: float = 0.95
@@ -95,48 +96,87 @@ def forgetting(ev: Evidence, s: Settings) -> dict | None:
     return out
 
 
+def _nothing(summary: str, **extra) -> dict:
+    return {"verdict": {"choice": None, "fine_tuning_justified": None, "status": "no_choice", "summary": summary,
+                        "reasons": [], "caveats": []}, **extra}
+
+
+def against_best(ev: Evidence, samples: Mapping, tests: Sequence[Mapping], names: Sequence[str], best: str, n: int,
+                 s: Settings) -> dict[str, dict]:
+    """Every other arm against the best on the primary metric (`harness.choice.relation`), with its Holm p."""
+    out = {}
+    for a in names:
+        if a == best:
+            continue
+        t = find_pair(tests, best, a)
+        diffs = samples[a][ev.primary] - samples[best][ev.primary]
+        observed = ev.arms[a]["metrics"][ev.primary] - ev.arms[best]["metrics"][ev.primary]
+        out[a] = {"against": best, **rule.relation(diffs, observed, t["significant"], n, s.margin, s.alpha),
+                  "p_holm": t["p_holm"], "significant": t["significant"]}
+    return out
+
+
+def _power(tests: Sequence[Mapping], best: str | None, n: int, s: Settings) -> dict:
+    detectable = [t["detectable_difference"] for t in tests if best in (t["a"], t["b"])]
+    return {"n": n, "alpha": s.alpha, "power": s.power,
+            "detectable_difference": float(np.median(detectable)) if detectable else
+            stats.worst_case_detectable(n, s.alpha, s.power),
+            "worst_case": stats.worst_case_detectable(n, s.alpha, s.power)}
+
+
+def _costs(cfg: costs.CostConfig, priced: Mapping, reference: Mapping | None, odds: Mapping | None) -> dict:
+    return {"currency": cfg.currency, "volume_per_month": cfg.volume_per_month, "horizon_months": cfg.horizon_months,
+            "hardware": cfg.hardware, "error_cost": cfg.error_cost, "review_cost": cfg.review_cost,
+            "prices_are_examples": cfg.example, "arms": priced, "reference_api": reference,
+            **({"p_cheapest": odds["p_cheapest"], "expected_regret": odds["expected_regret"]} if odds else {})}
+
+
 def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
     names = [a for a, r in ev.arms.items() if "error" not in r and "@seed" not in a]
     if not names:
-        return {"verdict": {"choice": None, "fine_tuning_justified": False,
-                            "summary": "No arm finished, so there is nothing to decide.", "reasons": [],
-                            "caveats": []}}
+        return _nothing("No arm finished, so there is nothing to decide.")
     n = len(ev.records[(ev.arms[names[0]].get("replicates") or [names[0]])[0]])
     idx = stats.bootstrap_indices(n, s.resamples, s.seed)
     samples = {a: _arm_samples(ev, a, idx) for a in names}  # shared by the intervals and the paired tests
     ci = intervals(ev, samples, s)
     tests = paired_tests(ev, samples, s) if len(names) > 1 else []
-    priced = {a: costs.arm_cost(ev.arms[a], cost_cfg) for a in names}
+    priced = {a: costs.arm_cost(ev.arms[a], cost_cfg, ev.primary) for a in names}
     score = {a: ev.arms[a]["metrics"][ev.primary] for a in names}
-    best = max(names, key=lambda a: (score[a], -(priced[a]["monthly_total"] or float("inf"))))
-    eligible = []
-    for a in names:
-        t = find_pair(tests, best, a)
-        if a == best or not t["significant"] or score[best] - score[a] <= s.tolerance:
-            eligible.append(a)
-    choice = min(eligible, key=lambda a: (priced[a]["monthly_total"] if priced[a]["monthly_total"] is not None
-                                          else float("inf"), -score[a]))
-    tuned = [a for a in names if priced[a]["fine_tuned"]]
-    plain = [a for a in names if not priced[a]["fine_tuned"]]
-    best_plain = max(plain, key=lambda a: score[a]) if plain else None
-    breakeven = {a: {"against": best_plain, **costs.break_even(priced[a], priced[best_plain], cost_cfg.horizon_months)}
-                 for a in tuned} if best_plain else {}
+    failures = {a: rule.failure(ev.arms[a]) for a in names}
+    for f in failures.values():
+        f["broken"] = f["rate"] > s.max_failure_rate
+    selectable = [a for a in names if not failures[a]["broken"]]
+    totals = {a: priced[a]["monthly_total"] for a in names}
     reference = None
     if cost_cfg.reference_api and cost_cfg.reference_api["prompts_of"] in ev.arms:
         reference = costs.reference_api_cost(ev.arms[cost_cfg.reference_api["prompts_of"]], cost_cfg)
-    detectable = [t["detectable_difference"] for t in tests if best in (t["a"], t["b"])]
-    power = {"n": n, "alpha": s.alpha, "power": s.power,
-             "detectable_difference": float(np.median(detectable)) if detectable else
-             stats.worst_case_detectable(n, s.alpha, s.power),
-             "worst_case": stats.worst_case_detectable(n, s.alpha, s.power)}
     forgot = forgetting(ev, s)
+    recorded = {"settings": s.__dict__, "intervals": ci, "paired_tests": tests, "failures": failures,
+                "forgetting": forgot}
+    if not selectable:
+        rates = ", ".join(f"{a} {failures[a]['rate']:.0%}" for a in names)
+        return {**recorded, "power": _power(tests, None, n, s), "best": None, "eligible": [], "against_best": {},
+                "costs": _costs(cost_cfg, priced, reference, None), "break_even": {}, "decision_map": None,
+                **_nothing(f"No arm can be chosen: every arm failed on more than {s.max_failure_rate:.0%} of its "
+                           f"held-out examples ({rates}; failed requests, invalid labels or JSON).")}
+    best = max(selectable, key=lambda a: (score[a], -(totals[a] if totals[a] is not None else float("inf"))))
+    relations = against_best(ev, samples, tests, names, best, n, s)
+    choice, eligible, still_open = rule.choose(selectable, best, relations, totals, score)
+    odds = (rule.cheapest_odds(rule.resampled_totals(ev.arms, {a: samples[a] for a in selectable},
+                                                     {a: priced[a] for a in selectable}, ev.primary, cost_cfg), choice)
+            if cost_cfg.prices_errors else None)
+    tuned = [a for a in names if priced[a]["fine_tuned"]]
+    plain = [a for a in selectable if not priced[a]["fine_tuned"]]
+    best_plain = max(plain, key=lambda a: score[a]) if plain else None
+    breakeven = {a: {"against": best_plain, **costs.break_even(priced[a], priced[best_plain], cost_cfg.horizon_months)}
+                 for a in tuned} if best_plain else {}
+    power = _power(tests, best, n, s)
     verdict = write_verdict(ev=ev, s=s, cost_cfg=cost_cfg, names=names, score=score, ci=ci, tests=tests,
                             priced=priced, best=best, eligible=eligible, choice=choice, tuned=tuned,
                             best_plain=best_plain, breakeven=breakeven, power=power, forgetting=forgot,
-                            reference=reference)
-    return {"settings": s.__dict__, "intervals": ci, "paired_tests": tests, "power": power,
-            "best": best, "eligible": eligible,
-            "costs": {"currency": cost_cfg.currency, "volume_per_month": cost_cfg.volume_per_month,
-                      "horizon_months": cost_cfg.horizon_months, "hardware": cost_cfg.hardware,
-                      "prices_are_examples": cost_cfg.example, "arms": priced, "reference_api": reference},
-            "break_even": breakeven, "forgetting": forgot, "verdict": verdict}
+                            reference=reference, relations=relations, still_open=still_open, failures=failures,
+                            selectable=selectable, odds=odds)
+    return {**recorded, "power": power, "best": best, "eligible": eligible, "against_best": relations,
+            "costs": _costs(cost_cfg, priced, reference, odds), "break_even": breakeven,
+            "decision_map": rule.decision_map(ev.arms, selectable, best, relations, score, ev.primary, cost_cfg),
+            "verdict": verdict}

@@ -60,12 +60,12 @@ def comparison_table(comparison: dict) -> Table:
     table.add_column("95% CI", justify="right", no_wrap=True)
     for m in secondary:
         table.add_column(m, justify="right", no_wrap=True)
-    for col in ("tokens in/out", "s/ex", "train (s)", "$/1k req", "$/month"):
+    for col in ("tokens in/out", "s/ex", "train (s)", "$/1k req", "$/month", "$/1k correct"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, r in rows.items():
         if "error" in r:
             table.add_row(name, *(["–"] if show_model else []), f"[red]failed: {r['error']}[/red]",
-                          *["–"] * (len(secondary) + 7))
+                          *["–"] * (len(secondary) + 8))
             continue
         m, u, t = r["metrics"], r["usage"], r.get("training")
         spread = r.get("metrics_seed_std", {})
@@ -79,22 +79,49 @@ def comparison_table(comparison: dict) -> Table:
                       f"{fmt(u['input_tokens']['mean'], 0)}/{fmt(u['output_tokens']['mean'], 0)}",
                       fmt(u["latency_s"]["mean"], 2), train,
                       money(cost.get("per_1k_requests"), currency) if cost else "–",
-                      money(cost.get("monthly_total"), currency) if cost else "–")
+                      money(cost.get("monthly_total"), currency) if cost else "–",
+                      money(1000 * cost["cost_per_correct"], currency) if cost.get("cost_per_correct") else "–")
     return table
+
+
+def verdict_title(verdict: dict) -> tuple[str, str]:
+    """The verdict's headline and colour: undecided first, then the choice and whether fine-tuning is justified."""
+    yes, status = verdict.get("fine_tuning_justified"), verdict.get("status", "decided")
+    if verdict.get("choice") is None:
+        return "[bold]No arm can be chosen[/bold]", "red"
+    tuning = ("fine-tuning [green]justified[/green]" if yes else "fine-tuning [red]not justified[/red]"
+              if yes is False else "whether fine-tuning is justified: [yellow]open[/yellow]")
+    if status == "undecided":
+        needed = f", about {verdict['n_needed']:,} held-out examples would settle it" if verdict.get("n_needed") else ""
+        return (f"[bold yellow]Verdict: undecided[/bold yellow] — for now {verdict['choice']}{needed}; {tuning}",
+                "yellow")
+    return (f"[bold]Verdict: choose {verdict['choice']}[/bold] — {tuning}",
+            "green" if yes else "red" if yes is False else "yellow")
 
 
 def verdict_panel(comparison: dict) -> Panel | None:
     verdict = (comparison.get("decision") or {}).get("verdict")
     if not verdict:
         return None
-    yes = verdict["fine_tuning_justified"]
     parts = [Text(verdict["summary"])]
     if verdict.get("caveats"):
         parts.append(Text("\nCaveats:", style="bold yellow"))
         parts.extend(Text(f"• {c}", style="yellow") for c in verdict["caveats"])
-    title = (f"[bold]Verdict: choose {verdict['choice']}[/bold] — fine-tuning "
-             f"{'[green]justified[/green]' if yes else '[red]not justified[/red]'}")
-    return Panel(Group(*parts), title=title, title_align="left", border_style="green" if yes else "red")
+    title, colour = verdict_title(verdict)
+    return Panel(Group(*parts), title=title, title_align="left", border_style=colour)
+
+
+def run_problems(comparison: dict) -> list[str]:
+    """One line when the run cannot be used as it is: no arm can be chosen, or an arm failed on every request."""
+    decision = comparison.get("decision") or {}
+    verdict = decision.get("verdict") or {}
+    if verdict and verdict.get("choice") is None and any("error" not in r for r in comparison["strategies"].values()):
+        return [verdict["summary"]]
+    wholesale = [a for a, f in (decision.get("failures") or {}).items() if f.get("wholesale")]
+    if wholesale:
+        return [f"every request of {', '.join(wholesale)} failed (see predictions.jsonl in its folder): reported, "
+                f"never chosen"]
+    return []
 
 
 def compare_table(diff: dict) -> Group:

@@ -146,3 +146,42 @@ def learning_curve(curve: Mapping) -> bytes | None:
     ax.legend(fontsize=8)
     ax.set_title(f"{curve['task']}: learning curve (solid: fine-tuned, dashed: not)", fontsize=10)
     return _png(fig)
+
+
+def decision_map(comparison: Mapping) -> bytes | None:
+    """Which arm the rule chooses across monthly volume (log) and the cost of a wrong answer, from the grid the
+    decision recorded (`decision_map`); borders between colours are the break-even lines, hatched cells are open
+    (undecided) there, the current setting is marked."""
+    grid = (comparison.get("decision") or {}).get("decision_map")
+    if not grid or not grid.get("choice"):
+        return None
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    arms = list(dict.fromkeys(a for row in grid["choice"] for a in row))
+    code = np.array([[arms.index(a) for a in row] for row in grid["choice"]])
+    palette = ["#3b6ea8", "#b35806", "#1b7f3b", "#8e44ad", "#7f7f7f", "#c0392b", "#16a085", "#d4ac0d"]
+    colours = [palette[i % len(palette)] for i in range(len(arms))]
+    volumes, errors = np.asarray(grid["volumes"]), np.asarray(grid["error_costs"])
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ax.pcolormesh(volumes, errors, code, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(arms) - 0.5,
+                  shading="nearest")
+    if len(arms) > 1:
+        ax.contour(volumes, errors, code, levels=np.arange(len(arms) - 1) + 0.5, colors="white", linewidths=1.2)
+    undecided = np.asarray(grid.get("undecided") or np.zeros_like(code), dtype=float)
+    if undecided.any():
+        ax.contourf(volumes, errors, undecided, levels=[0.5, 1.5], colors="none", hatches=["//"])
+    now = grid.get("current") or {}
+    ax.plot([now.get("volume", volumes[0])], [now.get("error_cost", 0.0)], marker="*", markersize=16, color="white",
+            markeredgecolor="black", linestyle="none")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=max(errors[1], 1e-9) if len(errors) > 1 else 1.0)
+    ax.set_xlabel("requests per month (log scale)")
+    ax.set_ylabel(f"cost of one wrong answer ({grid.get('currency', 'USD')}, log above 0)")
+    handles = [Patch(color=c, label=a) for a, c in zip(arms, colours)]
+    if undecided.any():
+        handles.append(Patch(facecolor="none", hatch="//", edgecolor="black", label="undecided there"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", framealpha=0.9)
+    ax.set_title("Which arm the rule chooses (★ the current setting; borders are break-even lines)", fontsize=10)
+    return _png(fig)

@@ -13,7 +13,7 @@ from jinja2 import Environment, FileSystemLoader
 
 from harness import plots
 from harness.results import read_json, write_bytes, write_text
-from harness.verdict import fmt, model_label, money
+from harness.verdict import fmt, headline, model_label, money
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -47,6 +47,8 @@ def _rows(comparison: Mapping, details: Mapping[str, Mapping] | None = None) -> 
             "spread": f"± {spread:.3f} over seeds" if spread else "",
             "others": {m: fmt(v) for m, v in r["metrics"].items() if m != primary},
             "per_1k": money(p.get("per_1k_requests"), currency), "monthly": money(p.get("monthly_total"), currency),
+            "per_correct": money(1000 * p["cost_per_correct"], currency) if p.get("cost_per_correct") else "–",
+            "relation": (decision.get("against_best") or {}).get(arm, {}).get("relation", ""),
             "one_off": money(p.get("one_off"), currency) if p else "–",
             "train_s": f"{t['wall_s']:.0f}" + (" (cached)" if t.get("cached") else "") if t else "–",
             "tokens_in": fmt(u["input_tokens"]["mean"], 1), "tokens_out": fmt(u["output_tokens"]["mean"], 1),
@@ -72,6 +74,7 @@ def build_view(run_dir: Path) -> dict:
             figures[name] = png
 
     add("pareto.png", plots.pareto(comparison))
+    add("decision_map.png", plots.decision_map(comparison))
     choice = (decision.get("verdict") or {}).get("choice")
     shown = [a for a in dict.fromkeys([choice, decision.get("best")]) if a in details]
     for arm in shown:
@@ -86,7 +89,8 @@ def build_view(run_dir: Path) -> dict:
     add("training_curves.png", plots.training_curves(histories))
     primary = comparison["primary_metric"]
     others = sorted({m for r in comparison["strategies"].values() for m in r.get("metrics", {})} - {primary})
-    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision, "v": decision.get("verdict"), "rows": _rows(comparison, details),
+    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision, "v": decision.get("verdict"),
+            "headline": headline(decision.get("verdict")), "rows": _rows(comparison, details),
             "rules": {a: d["per_rule_pass_rate"] for a, d in details.items() if d.get("per_rule_pass_rate")},
             "others": others, "primary": primary, "figures": figures, "checks": _optional(run_dir / "data_checks.json"),
             "prepared": prepared, "money": money, "fmt": fmt,

@@ -44,8 +44,24 @@ def evidence(run_dir: Path, comparison: Mapping) -> decide.Evidence:
                            control=read_json(control) if control.exists() else {})
 
 
+ALIASES = ("tolerance", "meaningful_difference")  # earlier names of `margin`, still read from older runs' run.json
+
+
 def settings(raw: Mapping | None, seed: int) -> decide.Settings:
+    """Validated decision settings. `tolerance` and `meaningful_difference`, the two earlier names of one concept,
+    are read as `margin`: a tolerance above 0 was set on purpose and wins (conf/decision/default.yaml leaves both
+    null); a meaningful_difference counts where no margin is set (an older run.json)."""
     raw = dict(raw or {})
+    old = {k: raw.pop(k) for k in ALIASES if raw.get(k) is not None}
+    for key, value in old.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"must be a number ≥ 0, got {value!r}", field=f"decision.{key}")
+    for key in ALIASES:
+        raw.pop(key, None)
+    if old.get("tolerance"):
+        raw["margin"] = old["tolerance"]
+    elif "margin" not in raw and "meaningful_difference" in old:
+        raw["margin"] = old["meaningful_difference"]
     known = set(decide.Settings.__dataclass_fields__) - {"seed"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -56,6 +72,8 @@ def settings(raw: Mapping | None, seed: int) -> decide.Settings:
             raise ConfigError(f"must be a number ≥ 0, got {value!r}", field=f"decision.{key}")
     if not 0 < raw.get("alpha", 0.05) < 1 or not 0 < raw.get("confidence", 0.95) < 1:
         raise ConfigError("alpha and confidence must lie between 0 and 1", field="decision")
+    if raw.get("max_failure_rate", 0.05) >= 1:
+        raise ConfigError("must lie below 1 (a share of the held-out examples)", field="decision.max_failure_rate")
     if raw.get("resamples", 2000) < 100:
         raise ConfigError("use at least 100 bootstrap resamples (1000 or more for reporting)",
                           field="decision.resamples")

@@ -90,3 +90,26 @@ def worst_case_detectable(n: int, alpha: float = 0.05, power: float = 0.8, disco
     `discordance` of them (0.5 is pessimistic; SE ≈ sqrt(discordance / n))."""
     return detectable_difference(float(np.sqrt(discordance / n)), alpha, power) if n else float("inf")
 
+
+
+def one_sided_bounds(diffs: np.ndarray, alpha: float = 0.05) -> tuple[float, float]:
+    """The one-sided (1 − alpha) lower and upper bounds of a difference from its paired bootstrap samples (together
+    the (1 − 2·alpha) interval that two one-sided tests, TOST, compare with ±margin)."""
+    low, high = np.percentile(np.asarray(diffs, dtype=float), [100 * alpha, 100 * (1 - alpha)])
+    return float(low), float(high)
+
+
+def examples_needed(observed: float, se: float, n: int, margin: float,
+                    alpha: float = 0.05) -> tuple[int | None, str | None]:
+    """Held-out examples that would settle an open comparison A − best at the observed difference and paired
+    variance (SE shrinking as 1/√n): non-inferiority when observed > −margin (n such that
+    observed − z₁₋α·SE_n > −margin), otherwise superiority of the best (observed + z₁₋α/₂·SE_n < 0).
+    (None, None) when neither can be settled (no difference at all beyond the margin)."""
+    if observed + margin > 0:
+        z, gap, how = sps.norm.ppf(1 - alpha), observed + margin, "non_inferiority"
+    elif observed < 0:
+        z, gap, how = sps.norm.ppf(1 - alpha / 2), -observed, "superiority"
+    else:
+        return None, None
+    needed = int(np.ceil(n * (z * se / gap) ** 2))
+    return max(needed, n + 1), how

@@ -1,9 +1,12 @@
-"""The verdict in words: choice, whether fine-tuning is justified, a plain summary, reasons and caveats.
-Pure: it only formats what harness.decide computed."""
+"""The verdict in words: choice, status (decided / undecided), whether fine-tuning is justified (true, false, or
+null when this run cannot tell), a plain summary that leads with an open comparison, reasons and caveats.
+Pure: it only formats what harness.decide and harness.choice computed."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
+
+from harness.caveats import caveats
 
 
 def money(value: float | None, currency: str) -> str:
@@ -41,9 +44,20 @@ def find_pair(tests: Sequence[Mapping], a: str, b: str) -> Mapping | None:
     return None
 
 
+RELATION = {"better": "significantly better than", "worse": "significantly worse than",
+            "equivalent": "equivalent within ±{m:g} to", "non_inferior": "no worse by more than {m:g} than",
+            "not_separable": "neither shown worse than nor within {m:g} of"}
+
+
+def relation_text(relation: str, margin: float) -> str:
+    return RELATION[relation].format(m=margin)
+
+
 def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eligible, choice, tuned, best_plain,
-                  breakeven, power, forgetting, reference) -> dict[str, Any]:
+                  breakeven, power, forgetting, reference, relations, still_open, failures, selectable,
+                  odds) -> dict[str, Any]:
     primary, cur, volume = ev.primary, cost_cfg.currency, cost_cfg.volume_per_month
+    conf = f"{(1 - s.alpha) * 100:g}%"
 
     def show(arm: str) -> str:
         low, high = ci[arm][primary]["ci"]
@@ -52,19 +66,75 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
     def monthly(arm: str) -> str:
         return money(priced[arm]["monthly_total"], cur) + "/month"
 
-    justified = choice in tuned
-    reasons = [f"Best on {primary}: {show(best)} ({int(s.confidence * 100)}% bootstrap interval, n={power['n']})."]
+    def versus(arm: str) -> str:
+        r = relations[arm]
+        return (f"difference {r['difference']:+.3f}, one-sided {conf} bounds [{r['lower']:+.3f}, {r['upper']:+.3f}],"
+                f" Holm {_p(r['p_holm'])}")
+
+    selectable_tuned = [a for a in selectable if priced[a]["fine_tuned"]]
+    comparable = bool(selectable_tuned) and best_plain is not None
+    if still_open:
+        kinds = {priced[a]["fine_tuned"] for a in [choice, *still_open]}
+        justified = (choice in tuned) if comparable and len(kinds) == 1 else None
+    else:
+        justified = (choice in tuned) if comparable else None
+    why = ("the best on " + primary if choice == best else
+           f"no worse than {best} by more than {s.margin:g} (lower bound {relations[choice]['lower']:+.3f}) and "
+           f"cheaper in total")
+    parts = [_open_sentence(still_open[0], relations, best, show, monthly, s, conf, power["n"])] if still_open else []
+    if not comparable:
+        parts.append(_cannot_tell(tuned, selectable_tuned, selectable, choice))
+        parts.append(f"Choose {choice} at {monthly(choice)}: {why}." if not still_open else
+                     f"Until it is settled, choose {choice} at {monthly(choice)}: {why}.")
+    elif still_open:
+        parts.append(f"Until it is settled, choose {choice} at {monthly(choice)}: {why}.")
+        parts.append("Whether fine-tuning is justified stays open." if justified is None else
+                     "Either way, fine-tuning is " + ("justified." if justified else "not justified."))
+    else:
+        parts.append(_decided(choice, best, best_plain, selectable_tuned, relations, breakeven, show, monthly,
+                              versus, primary, _volume(volume), s.margin))
+    for arm in names:
+        if failures[arm].get("broken") and score[arm] >= score[choice]:
+            parts.append(f"{arm} scored {score[arm]:.3f} but failed on {failures[arm]['rate']:.1%} of its held-out "
+                         f"examples (more than {s.max_failure_rate:.0%}), so it cannot be chosen.")
+    if cost_cfg.prices_errors:
+        parts.append(f"Monthly totals count wrong answers at {money(cost_cfg.error_cost, cur)} each"
+                     + (f" and {money(cost_cfg.review_cost, cur)} per output failing a rule" if cost_cfg.review_cost
+                        else "") + ".")
+
+    reasons = _reasons(primary=primary, cur=cur, volume=volume, s=s, names=names, best=best, eligible=eligible,
+                       choice=choice, relations=relations, failures=failures, priced=priced, odds=odds,
+                       breakeven=breakeven, reference=reference, show=show, monthly=monthly, versus=versus,
+                       n=power['n'])
+    notes = caveats(ev=ev, s=s, cost_cfg=cost_cfg, names=names, score=score, choice=choice, tuned=tuned,
+                    eligible=eligible, power=power, forgetting=forgetting, failures=failures)
+    opened = ({"arm": still_open[0], "against": best, **{k: relations[still_open[0]][k] for k in
+               ("difference", "lower", "upper", "n_needed", "settle_by")}} if still_open else None)
+    return {"choice": choice, "fine_tuning_justified": justified, "status": "undecided" if still_open else "decided",
+            "n_needed": opened["n_needed"] if opened else None, "open": opened, "summary": " ".join(parts),
+            "reasons": reasons, "caveats": notes}
+
+
+def _reasons(*, primary, cur, volume, s, names, best, eligible, choice, relations, failures, priced, odds, breakeven,
+             reference, show, monthly, versus, n) -> list[str]:
+    reasons = [f"Best on {primary}: {show(best)} ({int(s.confidence * 100)}% bootstrap interval, n={n})."]
     for arm in names:
         if arm == best:
             continue
-        t = find_pair(tests, best, arm)
-        status = ("not significantly worse" if not t["significant"] else "significantly worse")
-        if t["significant"] and arm in eligible:
-            status += f", but within the tolerance {s.tolerance:g}"
-        reasons.append(f"{show(arm)}: {status} than {best} (difference {score[best] - score[arm]:+.3f}, "
-                       f"{t['test'].replace('_', ' ')}, Holm {_p(t['p_holm'])}).")
-    reasons.append(f"Cheapest of the arms that qualify ({', '.join(eligible)}) at {_volume(volume)} requests/month: "
-                   f"{choice} at {monthly(choice)} ({money(priced[choice]['per_1k_requests'], cur)} per 1k requests).")
+        r = relations[arm]
+        extra = (f" About {r['n_needed']:,} held-out examples would settle it ({r['settle_by'].replace('_', '-')})."
+                 if r["n_needed"] else "")
+        broken = (f" Cannot be chosen: it failed on {failures[arm]['rate']:.1%} of its examples."
+                  if failures[arm].get("broken") else "")
+        reasons.append(f"{show(arm)}: {relation_text(r['relation'], s.margin)} {best} ({versus(arm)}).{extra}{broken}")
+    reasons.append(f"Qualify (the best, or no worse than it by more than the margin {s.margin:g}): "
+                   f"{', '.join(eligible)}; cheapest in total at {_volume(volume)} requests/month: {choice} at "
+                   f"{monthly(choice)} ({money(priced[choice]['per_1k_requests'], cur)} per 1k requests served).")
+    if odds:
+        p = ", ".join(f"{a} {v:.0%}" for a, v in odds["p_cheapest"].items())
+        reasons.append(f"With wrong answers priced, the chance of each arm being cheapest in total over the paired "
+                       f"resamples: {p}; expected regret of choosing {choice}: "
+                       f"{money(odds['expected_regret'], cur)}/month.")
     for arm, be in breakeven.items():
         when = ("at any volume" if be.get("requests_per_month") == 0 else
                 f"above {_volume(be['requests_per_month'])} requests/month" if be.get("requests_per_month") else
@@ -76,94 +146,66 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
         reasons.append(f"Reference: {reference['name']} on {reference['prompts_of']}'s prompts would cost "
                        f"{money(reference['monthly_total'], cur)}/month ({money(reference['per_1k_requests'], cur)} "
                        f"per 1k requests); its accuracy was not measured in this run.")
+    return reasons
 
-    tied_kinds = {a in tuned for a in eligible}
+
+def _open_sentence(arm, relations, best, show, monthly, s, conf, n) -> str:
+    r = relations[arm]
+    head = (f"Undecided: the held-out set cannot tell whether {show(arm)}, at {monthly(arm)}, is within {s.margin:g} "
+            f"of the best arm, {show(best)} at {monthly(best)} (difference {r['difference']:+.3f}, one-sided {conf} "
+            f"lower bound {r['lower']:+.3f}).")
+    if r["settle_by"] == "non_inferiority":
+        return head + (f" About {r['n_needed']:,} held-out examples (now {n}) would settle it at the observed "
+                       f"difference.")
+    if r["settle_by"] == "superiority":
+        return head + (f" It cannot be settled as non-inferior: the observed difference is beyond the margin; about "
+                       f"{r['n_needed']:,} held-out examples (now {n}) would show {best} better.")
+    return head + " It cannot be settled: the observed difference is beyond the margin."
+
+
+def _cannot_tell(tuned, selectable_tuned, selectable, choice) -> str:
     if not tuned:
-        summary = (f"No fine-tuned arm ran, so this run cannot say whether fine-tuning pays. Choose {choice}: "
-                   f"the cheapest arm not significantly worse than the best.")
-    elif justified:
-        t = find_pair(tests, choice, best_plain) if best_plain else None
-        if t and t["significant"] and score[choice] > score[best_plain]:
-            which = ("the only arm not significantly worse than the best" if eligible == [choice] else
-                     "the cheapest arm that qualifies")
-            summary = (f"Fine-tuning is justified: {show(choice)} is significantly better on {primary} than the best "
-                       f"arm without fine-tuning, {show(best_plain)} (Holm {_p(t['p_holm'])}); it is {which}, at "
-                       f"{monthly(choice)} against {monthly(best_plain)} at {_volume(volume)} requests/month.")
-        else:
-            summary = (f"Fine-tuning is justified on cost, not accuracy: {show(choice)} cannot be separated from "
-                       f"{show(best_plain)} on {primary}, and at {_volume(volume)} requests/month it costs "
-                       f"{monthly(choice)} against {monthly(best_plain)}." if best_plain else
-                       f"Fine-tuning is justified: {show(choice)} is the cheapest arm that qualifies.")
-    else:
-        top_tuned = max(tuned, key=lambda a: score[a])
-        t = find_pair(tests, top_tuned, choice)
-        if score[top_tuned] <= score[choice] and t["significant"]:
-            summary = (f"Fine-tuning is not justified: {show(choice)} is significantly better on {primary} than "
-                       f"the best fine-tuned arm, {show(top_tuned)} (Holm {_p(t['p_holm'])}), and costs "
-                       f"{monthly(choice)} against {monthly(top_tuned)}.")
-        elif not t["significant"]:
-            be = breakeven.get(top_tuned, {})
-            later = (f" Fine-tuning would pay back above {_volume(be['requests_per_month'])} requests/month if it "
-                     f"stays as accurate." if be.get("requests_per_month") else "")
-            summary = (f"Fine-tuning is not justified at {_volume(volume)} requests/month: the held-out set cannot "
-                       f"separate {show(top_tuned)} from {show(choice)} (Holm {_p(t['p_holm'])}), and {choice} "
-                       f"costs less ({monthly(choice)} against {monthly(top_tuned)}).{later}")
-        else:
-            summary = (f"Fine-tuning is not justified: {show(top_tuned)} is better than {show(choice)}, but by "
-                       f"{score[top_tuned] - score[choice]:.3f}, within your tolerance of {s.tolerance:g}, and it "
-                       f"costs {monthly(top_tuned)} against {monthly(choice)}.")
+        return "No fine-tuned arm ran, so this run cannot say whether fine-tuning pays."
+    if not selectable_tuned:
+        return "Every fine-tuned arm is broken, so this run cannot say whether fine-tuning pays."
+    if len(selectable) == 1:
+        return (f"This run measured one arm that can be chosen ({choice}) and nothing without fine-tuning to compare "
+                f"it with, so it cannot tell whether fine-tuning is justified.")
+    return ("Every arm that can be chosen is fine-tuned: with no arm without fine-tuning to compare with, this run "
+            "cannot tell whether fine-tuning is justified.")
 
-    caveats = []
-    if power["detectable_difference"] > s.meaningful_difference:
-        caveats.append(f"Held-out set too small to separate close arms: with n={power['n']} only differences of "
-                       f"about {power['detectable_difference']:.3f} or more are detected ({int(s.power * 100)}% power, "
-                       f"alpha {s.alpha:g}); the smallest difference you care about is {s.meaningful_difference:g}. "
-                       f"Add held-out examples before trusting a close call.")
-    if len(eligible) > 1 and len(tied_kinds) > 1:
-        caveats.append(f"Not separable: {', '.join(eligible)} are statistically tied with the best; the choice "
-                       f"among them is made on cost alone.")
-    for arm, f in ((forgetting or {}).get("arms") or {}).items():
-        if f["change"] < -s.forgetting_drop or f["ci"][1] < 0:
-            caveats.append(f"Forgetting: {arm} scores {f['accuracy']:.3f} on the control set "
-                           f"({forgetting['control_set']}, n={forgetting['n']}) against the base model's "
-                           f"{forgetting['base_accuracy']:.3f} (change {f['change']:+.3f}, CI "
-                           f"[{f['ci'][0]:+.3f}, {f['ci'][1]:+.3f}]).")
-    checks = ev.data_checks or {}
-    for split, found in (checks.get("overlap") or {}).items():
-        if split != "train":  # a query close to a knowledge passage is what retrieval is for, not a leak
-            continue
-        exact, near = len(found.get("exact", [])), len(found.get("near", []))
-        if exact or near:
-            caveats.append(f"Leakage: {exact} held-out input(s) identical and {near} nearly identical (cosine ≥ "
-                           f"{checks.get('near_threshold')}) to {split} examples; scores on them may be inflated.")
-    pii = checks.get("pii") or {}
-    if pii.get("examples"):
-        caveats.append(f"Data governance: {len(pii['examples'])} training example(s) contain personal data "
-                       f"patterns ({', '.join(f'{k} {v}' for k, v in pii['counts'].items() if v)}); review them "
-                       f"before they go into a fine-tune (ids in the report).")
-    for arm in [choice, *tuned]:
-        m = ev.arms[arm]["metrics"]
-        if m.get("invalid_rate"):
-            caveats.append(f"Format failures: {arm} gave no valid label on {m['invalid_rate']:.1%} of examples.")
-        if "valid_json_rate" in m and m["valid_json_rate"] < 1:
-            caveats.append(f"Format failures: {arm} produced invalid JSON on {1 - m['valid_json_rate']:.1%} of examples.")
-    for arm in tuned:
-        seen = (ev.arms[arm].get("training") or {}).get("train_examples")
-        if seen is not None and seen < s.few_train_examples:
-            caveats.append(f"Few training examples: {arm} trained on {seen} (< {s.few_train_examples}); its score "
-                           f"may move a lot with more or different data.")
-        spread = (ev.arms[arm].get("metrics_seed_std") or {}).get(primary)
-        if spread and arm != choice and abs(score[arm] - score[choice]) < 2 * spread:
-            caveats.append(f"Seed spread: {arm} varies by ±{spread:.3f} between training seeds, as much as its "
-                           f"difference from {choice}.")
-    truncated = [a for a in names if ev.arms[a]["usage"].get("truncated")]
-    if truncated:
-        caveats.append(f"Prompts cut to fit the context in: {', '.join(truncated)} (counted in usage.json).")
-    if cost_cfg.example:
-        caveats.append("Prices are the shipped examples (conf/cost/example.yaml): set your own before quoting a cost.")
-    return {"choice": choice, "fine_tuning_justified": justified, "summary": summary, "reasons": reasons,
-            "caveats": list(dict.fromkeys(caveats))}
 
+def _decided(choice, best, best_plain, selectable_tuned, relations, breakeven, show, monthly, versus, primary, at,
+             margin) -> str:
+    if choice in selectable_tuned:
+        if choice == best:
+            r = relations[best_plain]
+            if r["relation"] == "worse":
+                return (f"Fine-tuning is justified: {show(choice)} is significantly better on {primary} than the best "
+                        f"arm without fine-tuning, {show(best_plain)} ({versus(best_plain)}), at {monthly(choice)} "
+                        f"against {monthly(best_plain)} at {at} requests/month.")
+            return (f"Fine-tuning is justified at {at} requests/month: {show(choice)} is the best on {primary}; "
+                    f"{best_plain} is {relation_text(r['relation'], margin)} it but costs more ({monthly(best_plain)} "
+                    f"against {monthly(choice)}).")
+        rel = relation_text(relations[choice]["relation"], margin)
+        return (f"Fine-tuning is justified on cost: {show(choice)} is {rel} "
+                f"the best arm, {show(best)} ({versus(choice)}), and at {at} requests/month it costs "
+                f"{monthly(choice)} against {monthly(best)}.")
+    top = best if best in selectable_tuned else max(selectable_tuned, key=lambda a: relations[a]["difference"])
+    be = breakeven.get(top, {})
+    later = (f" Fine-tuning would pay back above {_volume(be['requests_per_month'])} requests/month if it stays as "
+             f"accurate." if be.get("requests_per_month") else "")
+    if top == best:
+        return (f"Fine-tuning is not justified at {at} requests/month: {show(choice)} is "
+                f"{relation_text(relations[choice]['relation'], margin)} the best arm, the fine-tuned {show(best)} "
+                f"({versus(choice)}), and costs less ({monthly(choice)} against {monthly(best)}).{later}")
+    r = relations[top]
+    if r["relation"] == "worse":
+        return (f"Fine-tuning is not justified: the best fine-tuned arm, {show(top)}, is significantly worse on "
+                f"{primary} than {show(best)} ({versus(top)}); choose {choice} at {monthly(choice)}.")
+    return (f"Fine-tuning is not justified at {at} requests/month: the fine-tuned {show(top)} is "
+            f"{relation_text(r['relation'], margin)} {best} ({versus(top)}) but costs {monthly(top)} against "
+            f"{monthly(choice)} for {choice}.{later}")
 
 def model_label(model: dict | None) -> str:
     """`backend: model` as the tables show an arm's model."""
@@ -171,3 +213,19 @@ def model_label(model: dict | None) -> str:
         return "–"
     name = str(model.get("name_or_path", "?")).replace("packaged:", "")
     return f"{model.get('backend', '?')}: {name}" + (" +adapter" if model.get("adapter") else "")
+
+
+def headline(verdict: Mapping | None) -> dict[str, str]:
+    """The report's verdict headline: a css class (yes / no / open / none) and the words, undecided first. Reads
+    verdicts written before `status` existed as decided."""
+    if not verdict:
+        return {"css": "none", "text": "No decision recorded"}
+    if verdict.get("choice") is None:
+        return {"css": "no", "text": "No arm can be chosen"}
+    yes = verdict.get("fine_tuning_justified")
+    tuning = ("fine-tuning justified" if yes else "fine-tuning not justified" if yes is False else
+              "this run cannot tell whether fine-tuning is justified")
+    if verdict.get("status") == "undecided":
+        return {"css": "open", "text": "Undecided" + (f" ({tuning} either way)" if yes is not None else
+                                                      ": whether fine-tuning is justified stays open")}
+    return {"css": "yes" if yes else "no" if yes is False else "open", "text": tuning[0].upper() + tuning[1:]}

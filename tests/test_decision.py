@@ -154,6 +154,16 @@ def test_bad_decision_settings_name_the_field():
         load_settings({"tolerence": 0.1}, 0)
     with pytest.raises(ConfigError, match="decision.resamples"):
         load_settings({"resamples": 10}, 0)
+    with pytest.raises(ConfigError, match="decision.max_failure_rate"):
+        load_settings({"max_failure_rate": 1.5}, 0)
+
+
+def test_margin_reads_its_earlier_names_from_older_runs():
+    assert load_settings({}, 0).margin == 0.03
+    assert load_settings({"tolerance": 0.0, "meaningful_difference": 0.03}, 0).margin == 0.03  # an old run.json
+    assert load_settings({"tolerance": 0.02, "meaningful_difference": 0.03}, 0).margin == 0.02  # set on purpose
+    assert load_settings({"margin": 0.03, "tolerance": 0.05}, 0).margin == 0.05  # decision.tolerance=0.05 as before
+    assert load_settings({"margin": 0.01, "tolerance": None, "meaningful_difference": None}, 0).margin == 0.01
 
 
 # ---------------------------------------------------------------- the verdict rule
@@ -202,21 +212,23 @@ def test_tie_means_the_cheaper_arm_and_says_it_cannot_separate():
     ev = _evidence({"rag": (rag, 10, None), "lora": (lora, 10, TRAINING)})
     d = decide.decide(ev, CFG, decide.Settings(resamples=1000))
     v = d["verdict"]
-    assert v["choice"] == "rag" and v["fine_tuning_justified"] is False
-    assert "cannot separate" in v["summary"]
-    assert any(c.startswith("Not separable") for c in v["caveats"])
+    assert v["choice"] == "rag" and v["fine_tuning_justified"] is False and v["status"] == "decided"
+    assert d["against_best"]["lora"]["relation"] == "not_separable"  # but it costs more: nothing is left open
+    assert v["summary"].startswith("Fine-tuning is not justified at 100k requests/month")
 
 
-def test_fine_tuning_wins_but_within_tolerance_and_too_expensive():
+def test_fine_tuning_wins_but_within_the_margin_and_too_expensive():
     n = 2000  # large enough that a 3-point gain is significant
     ev = _evidence({"rag": (_pattern(n, 1400), 10, None),
                     "lora": ([1 if i < 1460 else 0 for i in range(n)], 10, TRAINING)})
     strict = decide.decide(ev, CFG, decide.Settings(resamples=1000))
-    assert strict["verdict"]["choice"] == "lora"  # significantly better and no tolerance: it qualifies alone
-    tolerant = decide.decide(ev, CFG, decide.Settings(resamples=1000, tolerance=0.05))
+    assert strict["verdict"]["choice"] == "lora"  # rag is significantly worse by about the margin: lora alone
+    assert strict["against_best"]["rag"]["relation"] == "worse"
+    tolerant = decide.decide(ev, CFG, decide.Settings(resamples=1000, margin=0.05))
     v = tolerant["verdict"]
-    assert v["choice"] == "rag" and not v["fine_tuning_justified"]
-    assert "within your tolerance" in v["summary"]
+    assert v["choice"] == "rag" and v["fine_tuning_justified"] is False and v["status"] == "decided"
+    assert tolerant["against_best"]["rag"]["relation"] == "equivalent"  # [-0.036, -0.024] inside ±0.05
+    assert "equivalent within ±0.05 to the best arm, the fine-tuned lora" in v["summary"]
 
 
 def test_too_small_held_out_is_a_caveat():
@@ -224,7 +236,9 @@ def test_too_small_held_out_is_a_caveat():
     ev = _evidence({"few": (_pattern(n, 11), 10, None), "lora": (_pattern(n, 13, offset=3), 20, TRAINING)})
     v = decide.decide(ev, CFG, decide.Settings(resamples=1000))["verdict"]
     assert any(c.startswith("Held-out set too small") for c in v["caveats"])
-    assert v["fine_tuning_justified"] is False  # not separable, and the tuned arm pays upkeep
+    # the cheaper few is not separable from the better lora on 20 examples: the verdict is open, not "cheapest wins"
+    assert v["status"] == "undecided" and v["fine_tuning_justified"] is None and v["open"]["arm"] == "few"
+    assert v["summary"].startswith("Undecided") and v["n_needed"] > n
 
 
 def test_forgetting_leakage_pii_and_few_examples_become_caveats():
@@ -248,3 +262,4 @@ def test_no_fine_tuned_arm_says_so():
     ev = _evidence({"few": (_pattern(100, 40), 10, None), "rag": (_pattern(100, 70), 5, None)})
     v = decide.decide(ev, CFG, decide.Settings(resamples=500))["verdict"]
     assert v["choice"] == "rag" and "No fine-tuned arm ran" in v["summary"]
+    assert v["fine_tuning_justified"] is None  # nothing tuned to compare with: the run cannot tell

@@ -44,4 +44,4 @@ def test_demo_sweep_on_the_packaged_model(tmp_path):
     forgot = decision["forgetting"]["arms"]["lora"]
     assert forgot["ci"][0] <= forgot["change"] <= forgot["ci"][1]
     assert decision["forgetting"]["n"] == 120 and 0.25 < decision["forgetting"]["base_accuracy"] <= 1.0
-    assert (out / "report.html").stat().st_size > 50_000 and "Verdict: choose" in r.stdout
+    assert (out / "report.html").stat().st_size > 50_000 and "Verdict: " in r.stdout

@@ -1,0 +1,66 @@
+"""The verdict's caveats: what a reader should know before acting on it (held-out size, broken arms, forgetting,
+leakage, personal data, format failures, few training examples, seed spread, truncation, example prices). Pure."""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+
+def caveats(*, ev, s, cost_cfg, names: Sequence[str], score: Mapping[str, float], choice: str, tuned: Sequence[str],
+            eligible: Sequence[str], power: Mapping, forgetting: Mapping | None,
+            failures: Mapping[str, Mapping]) -> list[str]:
+    primary = ev.primary
+    out = []
+    if power["detectable_difference"] > s.margin:
+        out.append(f"Held-out set too small to separate close arms: with n={power['n']} only differences of "
+                   f"about {power['detectable_difference']:.3f} or more are detected ({int(s.power * 100)}% power, "
+                   f"alpha {s.alpha:g}); the margin you care about is {s.margin:g}. Add held-out examples before "
+                   f"trusting a close call.")
+    if len(eligible) > 1 and len({a in tuned for a in eligible}) > 1:
+        out.append(f"Within the margin: {', '.join(eligible)} are shown no worse than the best by more than "
+                   f"{s.margin:g}; the choice among them is made on cost.")
+    for arm, f in failures.items():
+        if f.get("broken"):
+            out.append(f"Broken arm: {arm} failed on {f['rate']:.1%} of its held-out examples "
+                       f"({f['kind'].replace('_', ' ')}; limit decision.max_failure_rate={s.max_failure_rate:g}); "
+                       f"it is reported but cannot be chosen.")
+    for arm, f in ((forgetting or {}).get("arms") or {}).items():
+        if f["change"] < -s.forgetting_drop or f["ci"][1] < 0:
+            out.append(f"Forgetting: {arm} scores {f['accuracy']:.3f} on the control set "
+                       f"({forgetting['control_set']}, n={forgetting['n']}) against the base model's "
+                       f"{forgetting['base_accuracy']:.3f} (change {f['change']:+.3f}, CI "
+                       f"[{f['ci'][0]:+.3f}, {f['ci'][1]:+.3f}]).")
+    checks = ev.data_checks or {}
+    for split, found in (checks.get("overlap") or {}).items():
+        if split != "train":  # a query close to a knowledge passage is what retrieval is for, not a leak
+            continue
+        exact, near = len(found.get("exact", [])), len(found.get("near", []))
+        if exact or near:
+            out.append(f"Leakage: {exact} held-out input(s) identical and {near} nearly identical (cosine ≥ "
+                       f"{checks.get('near_threshold')}) to {split} examples; scores on them may be inflated.")
+    pii = checks.get("pii") or {}
+    if pii.get("examples"):
+        out.append(f"Data governance: {len(pii['examples'])} training example(s) contain personal data "
+                   f"patterns ({', '.join(f'{k} {v}' for k, v in pii['counts'].items() if v)}); review them "
+                   f"before they go into a fine-tune (ids in the report).")
+    for arm in dict.fromkeys([choice, *tuned]):
+        m = ev.arms[arm]["metrics"]
+        if m.get("invalid_rate"):
+            out.append(f"Format failures: {arm} gave no valid label on {m['invalid_rate']:.1%} of examples.")
+        if "valid_json_rate" in m and m["valid_json_rate"] < 1:
+            out.append(f"Format failures: {arm} produced invalid JSON on {1 - m['valid_json_rate']:.1%} of examples.")
+    for arm in tuned:
+        seen = (ev.arms[arm].get("training") or {}).get("train_examples")
+        if seen is not None and seen < s.few_train_examples:
+            out.append(f"Few training examples: {arm} trained on {seen} (< {s.few_train_examples}); its score "
+                       f"may move a lot with more or different data.")
+        spread = (ev.arms[arm].get("metrics_seed_std") or {}).get(primary)
+        if spread and arm != choice and abs(score[arm] - score[choice]) < 2 * spread:
+            out.append(f"Seed spread: {arm} varies by ±{spread:.3f} between training seeds, as much as its "
+                       f"difference from {choice}.")
+    truncated = [a for a in names if ev.arms[a]["usage"].get("truncated")]
+    if truncated:
+        out.append(f"Prompts cut to fit the context in: {', '.join(truncated)} (counted in usage.json).")
+    if cost_cfg.example:
+        out.append("Prices are the shipped examples (conf/cost/example.yaml): set your own before quoting a cost.")
+    return list(dict.fromkeys(out))
