@@ -2,7 +2,8 @@
 
 (a) shared-prefix label scoring (harness.lm_hf.TransformersLM.score_choices): each prompt runs once, every label is
     scored from its KV cache, and the token prefix all prompts share (instruction + demonstrations) runs once;
-(b) naive scoring: one full forward pass per (prompt, label) pair, batched over labels (the lm-eval approach);
+(b) naive scoring: one full forward pass per (prompt, label + end of turn) pair, batched over labels (the lm-eval
+    approach);
 (c) generate-and-parse: greedy generation, then the harness's label parser.
 
 Prints examples/s of each, (a)/(b) and (a)/(c) speed-ups, agreement of (a) with (b), and (c)'s invalid rate.
@@ -31,8 +32,9 @@ print = functools.partial(print, flush=True)  # noqa: A001 (progress visible whe
 
 @torch.inference_mode()
 def naive_scores(lm: TransformersLM, prompts: list[str], labels: list[str]) -> list[list[float]]:
-    """One forward pass per (prompt, label) pair; the pairs of one prompt go in one right-padded batch."""
-    label_ids = [lm.tokenizer(lm.separator + label, add_special_tokens=False).input_ids for label in labels]
+    """One forward pass per (prompt, label) pair; the pairs of one prompt go in one right-padded batch. A label is
+    its whole answer: its tokens and the terminator the model writes after an answer (lm.answer_end)."""
+    label_ids = [lm.answer_ids(label) for label in labels]
     pad = lm.tokenizer.pad_token_id
     out = []
     for prompt in prompts:
