@@ -134,9 +134,9 @@ def cell(point: dict | None) -> str:
 
 
 def curve_table(curve: dict) -> Group:
-    table = Table(title=f"{curve['task']}: {curve['primary_metric']} by training-set size (95% CI)",
-                  title_justify="left")
-    table.add_column("train", justify="right")
+    axis = curve.get("x_axis", "training examples")
+    table = Table(title=f"{curve['task']}: {curve['primary_metric']} by {axis} (95% CI)", title_justify="left")
+    table.add_column("per class" if axis == "examples per class" else "train", justify="right")
     for arm in curve["arms"]:
         table.add_column(arm, justify="right", no_wrap=True)
     for n in curve["sizes"]:
