@@ -47,6 +47,8 @@ def _report(argv: list[str]) -> int:
     parser.add_argument("--cost", help="a cost model: a name in conf/cost/ or a YAML file (default: the run's)")
     parser.add_argument("--volume", type=float, help="requests per month (overrides the cost model's)")
     parser.add_argument("--tolerance", type=float, help="accepted difference on the primary metric")
+    parser.add_argument("--out", type=Path, help="write the new decision and report into this new folder (the JSON "
+                        "they need is copied there) and leave RUN_DIR as it is")
     args = parser.parse_args(argv)
     from harness import report, rundata
     from harness.results import read_json
@@ -64,13 +66,22 @@ def _report(argv: list[str]) -> int:
     decision = dict(config.get("decision") or {})
     if args.tolerance is not None:
         decision["tolerance"] = args.tolerance
-    comparison = rundata.decide_run(args.run_dir, cost, decision)
-    paths = report.write_reports(args.run_dir)
+    target = args.run_dir
+    if args.out and args.out.resolve() != args.run_dir.resolve():
+        rundata.copy_decision_inputs(args.run_dir, args.out)
+        target = args.out
+    comparison = rundata.decide_run(target, cost, decision)
+    paths = report.write_reports(target)
     display.console.print(display.comparison_table(comparison))
     panel = display.verdict_panel(comparison)
     if panel:
         display.console.print(panel)
-    display.console.print(f"report: {paths['html']}\n        {paths['md']}")
+    if target == args.run_dir:
+        display.console.print(f"rewrote {target / 'comparison.json'}, {paths['md'].name} and {paths['html'].name} "
+                              f"in {target} (the previous decision there is replaced; --out DIR keeps it)")
+    else:
+        display.console.print(f"wrote the new decision to {target}: comparison.json, {paths['html'].name}, "
+                              f"{paths['md'].name} ({args.run_dir} unchanged)")
     return 0
 
 
