@@ -6,7 +6,8 @@
     approach);
 (c) generate-and-parse: greedy generation, then the harness's label parser.
 
-Prints examples/s of each, (a)/(b) and (a)/(c) speed-ups, agreement of (a) with (b), and (c)'s invalid rate.
+Prints examples/s of each, (a)/(b) and (a)/(c) speed-ups, agreement of (a) with (b), and (c)'s invalid rate; and the
+accuracy of scoring the label tokens alone, without the end of turn (as before issue 20).
 Usage: python bench/label_scoring.py [--n 40] [--shots 0 10]
 """
 
@@ -76,6 +77,9 @@ def main() -> None:
         t = time.perf_counter()
         slow = naive_scores(lm, prompts, labels)
         t_naive = time.perf_counter() - t
+        end, lm.answer_end = lm.answer_end, ""  # the label's tokens only (scoring before issue 20), for comparison
+        label_only = [s.logprobs for s in lm.score_choices(prompts, labels)]
+        lm.answer_end = end
         t = time.perf_counter()
         gens = lm.generate(prompts, max_new_tokens=8)
         t_gen = time.perf_counter() - t
@@ -92,6 +96,10 @@ def main() -> None:
         print(f"\n{shots}-shot prompts, {mean_tokens:.0f} tokens on average")
         print(f"  (a) shared-prefix scoring : {n / t_fast:7.2f} examples/s  accuracy {acc([task.labels[i] for i in argmax]):.3f}")
         print(f"  (b) naive pair scoring    : {n / t_naive:7.2f} examples/s  accuracy {acc([task.labels[i] for i in argmax_naive]):.3f}")
+        argmax_old = [max(range(len(labels)), key=row.__getitem__) for row in label_only]
+        changed = sum(a != b for a, b in zip(argmax, argmax_old)) / len(prompts)
+        print(f"      label tokens only     :                    accuracy {acc([task.labels[i] for i in argmax_old]):.3f}  "
+              f"(without the end of turn; {changed:.1%} of answers differ from (a))")
         print(f"  (c) generate and parse    : {n / t_gen:7.2f} examples/s  accuracy {acc(parsed):.3f}  "
               f"invalid outputs {invalid:.1%}")
         print(f"  speed-up (a)/(b) = {t_naive / t_fast:.1f}x   (a)/(c) = {t_gen / t_fast:.1f}x   "
