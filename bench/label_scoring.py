@@ -2,10 +2,12 @@
 
 (a) shared-prefix label scoring (harness.lm_hf.TransformersLM.score_choices): each prompt runs once, every label is
     scored from its KV cache, and the token prefix all prompts share (instruction + demonstrations) runs once;
-(b) naive scoring: one full forward pass per (prompt, label) pair, batched over labels (the lm-eval approach);
+(b) naive scoring: one full forward pass per (prompt, label + end of turn) pair, batched over labels (the lm-eval
+    approach);
 (c) generate-and-parse: greedy generation, then the harness's label parser.
 
-Prints examples/s of each, (a)/(b) and (a)/(c) speed-ups, agreement of (a) with (b), and (c)'s invalid rate.
+Prints examples/s of each, (a)/(b) and (a)/(c) speed-ups, agreement of (a) with (b), and (c)'s invalid rate; and the
+accuracy of scoring the label tokens alone, without the end of turn (as before issue 20).
 Usage: python bench/label_scoring.py [--n 40] [--shots 0 10]
 """
 
@@ -31,8 +33,9 @@ print = functools.partial(print, flush=True)  # noqa: A001 (progress visible whe
 
 @torch.inference_mode()
 def naive_scores(lm: TransformersLM, prompts: list[str], labels: list[str]) -> list[list[float]]:
-    """One forward pass per (prompt, label) pair; the pairs of one prompt go in one right-padded batch."""
-    label_ids = [lm.tokenizer(lm.separator + label, add_special_tokens=False).input_ids for label in labels]
+    """One forward pass per (prompt, label) pair; the pairs of one prompt go in one right-padded batch. A label is
+    its whole answer: its tokens and the terminator the model writes after an answer (lm.answer_end)."""
+    label_ids = [lm.answer_ids(label) for label in labels]
     pad = lm.tokenizer.pad_token_id
     out = []
     for prompt in prompts:
@@ -74,6 +77,9 @@ def main() -> None:
         t = time.perf_counter()
         slow = naive_scores(lm, prompts, labels)
         t_naive = time.perf_counter() - t
+        end, lm.answer_end = lm.answer_end, ""  # the label's tokens only (scoring before issue 20), for comparison
+        label_only = [s.logprobs for s in lm.score_choices(prompts, labels)]
+        lm.answer_end = end
         t = time.perf_counter()
         gens = lm.generate(prompts, max_new_tokens=8)
         t_gen = time.perf_counter() - t
@@ -90,6 +96,10 @@ def main() -> None:
         print(f"\n{shots}-shot prompts, {mean_tokens:.0f} tokens on average")
         print(f"  (a) shared-prefix scoring : {n / t_fast:7.2f} examples/s  accuracy {acc([task.labels[i] for i in argmax]):.3f}")
         print(f"  (b) naive pair scoring    : {n / t_naive:7.2f} examples/s  accuracy {acc([task.labels[i] for i in argmax_naive]):.3f}")
+        argmax_old = [max(range(len(labels)), key=row.__getitem__) for row in label_only]
+        changed = sum(a != b for a, b in zip(argmax, argmax_old)) / len(prompts)
+        print(f"      label tokens only     :                    accuracy {acc([task.labels[i] for i in argmax_old]):.3f}  "
+              f"(without the end of turn; {changed:.1%} of answers differ from (a))")
         print(f"  (c) generate and parse    : {n / t_gen:7.2f} examples/s  accuracy {acc(parsed):.3f}  "
               f"invalid outputs {invalid:.1%}")
         print(f"  speed-up (a)/(b) = {t_naive / t_fast:.1f}x   (a)/(c) = {t_gen / t_fast:.1f}x   "

@@ -137,6 +137,8 @@ def _report(argv: list[str]) -> int:
     parser.add_argument("--tolerance", type=float, help=argparse.SUPPRESS)  # the earlier name of --margin
     parser.add_argument("--error-cost", type=float, help="cost of one wrong answer (currency per wrong example)")
     parser.add_argument("--review-cost", type=float, help="cost of reviewing one output that fails a task rule")
+    parser.add_argument("--out", type=Path, help="write the new decision and report into this new folder (the JSON "
+                        "they need is copied there) and leave RUN_DIR as it is")
     args = parser.parse_args(argv)
     from harness import report, rundata
     from harness.results import read_json
@@ -157,13 +159,22 @@ def _report(argv: list[str]) -> int:
     margin = args.margin if args.margin is not None else args.tolerance
     if margin is not None:
         decision["margin"] = margin
-    comparison = rundata.decide_run(args.run_dir, cost, decision)
-    paths = report.write_reports(args.run_dir)
+    target = args.run_dir
+    if args.out and args.out.resolve() != args.run_dir.resolve():
+        rundata.copy_decision_inputs(args.run_dir, args.out)
+        target = args.out
+    comparison = rundata.decide_run(target, cost, decision)
+    paths = report.write_reports(target)
     display.console.print(display.comparison_table(comparison))
     panel = display.verdict_panel(comparison)
     if panel:
         display.console.print(panel)
-    display.console.print(f"report: {paths['html']}\n        {paths['md']}")
+    if target == args.run_dir:
+        display.console.print(f"rewrote {target / 'comparison.json'}, {paths['md'].name} and {paths['html'].name} "
+                              f"in {target} (the previous decision there is replaced; --out DIR keeps it)")
+    else:
+        display.console.print(f"wrote the new decision to {target}: comparison.json, {paths['html'].name}, "
+                              f"{paths['md'].name} ({args.run_dir} unchanged)")
     return _broken(comparison)
 
 

@@ -12,16 +12,21 @@ from harness.display import cell
 from harness.errors import HarnessError
 from harness.results import read_json, write_json
 
+TRAIN, PER_CLASS = "training examples", "examples per class"  # the x-axis: limit.train or limit.per_class
+
 
 def collect(sweep_dir: Path) -> dict:
-    """{train size: comparison} for every finished run under sweep_dir (one level of Hydra job folders)."""
-    runs = {}
+    """{train size: comparison} for every finished run under sweep_dir (one level of Hydra job folders); the size is
+    limit.per_class (examples per class) where the runs set it, else the number of train examples."""
+    runs, axes = {}, set()
     for path in sorted(Path(sweep_dir).glob("**/comparison.json")):
         comparison = read_json(path)
         run = read_json(path.parent / "run.json") if (path.parent / "run.json").exists() else {}
         if "decision" not in comparison:
             continue
-        size = (run.get("limits") or {}).get("train")
+        limits = run.get("limits") or {}
+        axes.add(PER_CLASS if "per_class" in limits else TRAIN)
+        size = limits.get("per_class", limits.get("train"))
         if size in runs:
             raise HarnessError(f"{path.parent}: a second run with {size} train examples under {sweep_dir}; a curve "
                                f"needs one run per size (use a fresh results_dir per sweep)")
@@ -29,10 +34,12 @@ def collect(sweep_dir: Path) -> dict:
     if len(runs) < 2:
         raise HarnessError(f"{sweep_dir}: found {len(runs)} finished run(s) with a decision; a learning curve needs "
                            f"at least two training-set sizes (harness -m … limit.train=16,64,256 results_dir=…)")
+    if len(axes) > 1:
+        raise HarnessError(f"{sweep_dir}: some runs set limit.per_class and some limit.train; a curve needs one axis")
     tasks = {c["task"] for c in runs.values()}
     if len(tasks) > 1:
         raise HarnessError(f"{sweep_dir}: runs of different tasks ({', '.join(sorted(tasks))}) cannot share a curve")
-    return dict(sorted(runs.items()))
+    return {"x_axis": axes.pop(), "runs": dict(sorted(runs.items()))}
 
 
 def _point(comparison: Mapping, arm: str) -> dict | None:
@@ -52,7 +59,7 @@ def _significant(comparison: Mapping, a: str, b: str) -> bool:
     return False
 
 
-def learning_curve(runs: Mapping[int, Mapping]) -> dict:
+def learning_curve(runs: Mapping[int, Mapping], x_axis: str = TRAIN) -> dict:
     sizes = list(runs)
     first = next(iter(runs.values()))
     arms = list(dict.fromkeys(a for c in runs.values() for a in c["strategies"] if "@seed" not in a))
@@ -69,23 +76,24 @@ def learning_curve(runs: Mapping[int, Mapping]) -> dict:
             if over is None:
                 text = f"{t} does not overtake {other} at any size up to {shared[-1] if shared else '?'}"
             else:
-                text = (f"{t} overtakes {other} at {over} training examples" +
+                text = (f"{t} overtakes {other} at {over} {x_axis}" +
                         (f" (significantly from {sig})" if sig is not None else " (not significantly at any size)"))
             findings.append({"tuned": t, "other": other, "overtakes_at": over, "significant_from": sig,
                              "summary": text})
-    return {"task": first["task"], "primary_metric": first["primary_metric"], "sizes": sizes,
+    return {"task": first["task"], "primary_metric": first["primary_metric"], "x_axis": x_axis, "sizes": sizes,
             "heldout_n": {n: runs[n]["heldout_n"] for n in sizes}, "arms": points, "findings": findings}
 
 
 def write_curve(sweep_dir: Path) -> dict:
     sweep_dir = Path(sweep_dir)
-    curve = learning_curve(collect(sweep_dir))
+    found = collect(sweep_dir)
+    curve = learning_curve(found["runs"], found["x_axis"])
     write_json(sweep_dir / "learning_curve.json", curve)
     png = plots.learning_curve(curve)
     if png:
         (sweep_dir / "learning_curve.png").write_bytes(png)
     lines = [f"# {curve['task']}: learning curve ({curve['primary_metric']}, 95% bootstrap CI)", "",
-             "| train examples | " + " | ".join(curve["arms"]) + " |",
+             f"| {curve['x_axis']} | " + " | ".join(curve["arms"]) + " |",
              "|---:|" + "---:|" * len(curve["arms"])]
     for n in curve["sizes"]:
         lines.append(f"| {n} | " + " | ".join(cell(curve["arms"][arm][n]) for arm in curve["arms"]) + " |")

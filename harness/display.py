@@ -1,7 +1,8 @@
-"""Terminal output with rich: progress bars for long steps and the comparison table."""
+"""Terminal output with rich: progress bars for long steps (plain lines in logs) and the comparison table."""
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -19,16 +20,60 @@ if not console.is_terminal:  # logs and CI: wide enough that the comparison tabl
     console = Console(width=160)
 
 
+class PlainProgress:
+    """Progress as plain lines for logs (CI, nohup, a Slurm log), where bars would show only at the end: one line
+    each time another ~10% is done or `every_s` seconds have passed, and one at the end (done/total, rate, ETA)."""
+
+    def __init__(self, description: str, total: int, clock: Callable[[], float] = time.monotonic,
+                 every_s: float = 30.0, write: Callable[[str], None] | None = None):
+        self.description, self.total, self.clock, self.every_s = description, max(0, int(total)), clock, every_s
+        self.write = write or (lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))
+        self.done, self.first, self.last_step, self.last_time = 0, None, 0, clock()
+
+    def __call__(self, n: int = 1) -> None:
+        now = self.clock()
+        self.done += n
+        if self.first is None:  # rates count from the first update (a resumed step skips its finished part)
+            self.first = (now, self.done)
+            self.last_time = now
+        step = 10 * self.done // self.total if self.total else 10
+        finished = self.total and self.done >= self.total
+        if step > self.last_step or now - self.last_time >= self.every_s or finished:
+            self.last_step, self.last_time = step, now
+            self.write(self.line(now))
+
+    def line(self, now: float) -> str:
+        t0, d0 = self.first
+        rate = (self.done - d0) / (now - t0) if now > t0 and self.done > d0 else None
+        text = f"{self.description}: {self.done}/{self.total}"
+        if self.total:
+            text += f" ({100 * self.done // self.total}%)"
+        if rate:
+            text += f", {rate:.2f}/s"
+            if self.done < self.total:
+                text += f", ETA {_duration((self.total - self.done) / rate)}"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 @contextmanager
-def progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """Yields `start(description, total) -> advance(n)`; every long step gets its own bar."""
-    bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
-    with bars:
-        def start(description: str, total: int) -> Callable[[int], None]:
-            task_id = bars.add_task(description, total=total)
-            return lambda n=1: bars.advance(task_id, n)
-        yield start
+def progress(plain: bool | None = None) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """Yields `start(description, total) -> advance(n)`; every long step gets its own bar, or, when the output is
+    not a terminal (`plain`), its own plain progress lines."""
+    if console.is_terminal if plain is None else not plain:
+        bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=False)
+        with bars:
+            def start(description: str, total: int) -> Callable[[int], None]:
+                task_id = bars.add_task(description, total=total)
+                return lambda n=1: bars.advance(task_id, n)
+            yield start
+    else:
+        yield PlainProgress
 
 
 def status(message: str) -> None:
@@ -162,9 +207,9 @@ def cell(point: dict | None) -> str:
 
 
 def curve_table(curve: dict) -> Group:
-    table = Table(title=f"{curve['task']}: {curve['primary_metric']} by training-set size (95% CI)",
-                  title_justify="left")
-    table.add_column("train", justify="right")
+    axis = curve.get("x_axis", "training examples")
+    table = Table(title=f"{curve['task']}: {curve['primary_metric']} by {axis} (95% CI)", title_justify="left")
+    table.add_column("per class" if axis == "examples per class" else "train", justify="right")
     for arm in curve["arms"]:
         table.add_column(arm, justify="right", no_wrap=True)
     for n in curve["sizes"]:

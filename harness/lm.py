@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 SCORE, GENERATE, TRAIN = "score", "generate", "train"
+PLAIN_ANSWER_END = "\n\n"  # what the plain format writes after an answer (its line end before the next turn)
+ANSWER_PROBE = "ANSWERPROBE"  # an assistant answer rendered through a chat template to find what follows it
 
 
 @dataclass
@@ -40,8 +42,18 @@ def plain_prompt(messages: Sequence[dict]) -> str:
         elif m["role"] == "user":
             parts.append(m["content"] + "\nAnswer:")
         else:
-            parts.append(" " + m["content"] + "\n\n")
+            parts.append(" " + m["content"] + PLAIN_ANSWER_END)
     return "".join(parts)
+
+
+def end_of_answer(suffix_ids: Sequence[int], stop_ids, special_ids) -> list[int]:
+    """The tokens a chat template writes after an answer, up to and including the first one the model stops at
+    (end of turn / EOS, e.g. `<|im_end|>` of `<|im_end|>\n`), else the first special token; [] when none."""
+    for group in (set(stop_ids), set(special_ids)):
+        k = next((i for i, t in enumerate(suffix_ids) if t in group), None)
+        if k is not None:
+            return list(suffix_ids[:k + 1])
+    return []
 
 
 def cut_middle(ids: list[int], budget: int) -> list[int]:
@@ -59,7 +71,9 @@ class LM(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceScores]:
-        """Log-likelihood of each choice as the continuation of each prompt (batched, shared prefixes)."""
+        """Log-likelihood of each choice as the whole answer after each prompt (batched, shared prefixes): the
+        choice's tokens and the terminator the model writes after an answer (end of turn, or the plain format's
+        line end), so a label that extends another ("insurance" / "insurance change") can win."""
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[Generation]:
         """Greedy continuation of each prompt, cut at end of turn or a stop string."""

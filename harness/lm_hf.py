@@ -17,7 +17,8 @@ from transformers.utils import logging as hf_logging
 
 from harness import packaged
 from harness.errors import ConfigError
-from harness.lm import GENERATE, SCORE, TRAIN, ChoiceScores, Generation, cut_middle, plain_prompt
+from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation, cut_middle,
+                        end_of_answer, plain_prompt)
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a shared-prefix pass is not worth its bookkeeping
 
@@ -90,6 +91,28 @@ class TransformersLM:
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                                *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
+        self.answer_end = self._answer_end()
+
+    def _answer_end(self) -> str:
+        """What ends an answer, as text: the chat template's end of turn (the token the model stops at), or EOS
+        where the template writes none; the plain format's line end for models without a chat template."""
+        if not self.use_chat:
+            return PLAIN_ANSWER_END
+        tok = self.tokenizer
+        try:
+            text = tok.apply_chat_template([{"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": ANSWER_PROBE}], tokenize=False)
+        except Exception:  # a template that refuses this conversation: fall back to EOS
+            text = ""
+        suffix = text.split(ANSWER_PROBE, 1)[1] if ANSWER_PROBE in text else ""
+        specials = {*tok.all_special_ids, *(i for i, t in tok.added_tokens_decoder.items() if t.special)}
+        ids = end_of_answer(tok(suffix, add_special_tokens=False).input_ids, self.eos_ids, specials)
+        return tok.decode(ids) if ids else (tok.eos_token or "")
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of an answer as the model writes it after a prompt: separator, answer, terminator. Label
+        scoring and LoRA training both use this, so they agree on what an answer is."""
+        return self.tokenizer(self.separator + answer + self.answer_end, add_special_tokens=False).input_ids
 
     # ---- prompts and tokens -------------------------------------------------------------------------------
     def render(self, messages: Sequence[dict]) -> str:
@@ -154,7 +177,7 @@ class TransformersLM:
     def describe(self) -> dict:
         return {"backend": "transformers", "name_or_path": self.name_or_path, "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""), "chat_template": self.use_chat,
-                "max_length": self.max_length, "adapter": self.adapter,
+                "max_length": self.max_length, "adapter": self.adapter, "answer_end": self.answer_end,
                 "parameters": sum(p.numel() for p in self.model.parameters())}
 
     # ---- forward helpers ----------------------------------------------------------------------------------
@@ -244,9 +267,9 @@ class TransformersLM:
     # ---- label scoring ------------------------------------------------------------------------------------
     @torch.inference_mode()
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceScores]:
-        choice_ids = [self.tokenizer(self.separator + c, add_special_tokens=False).input_ids for c in choices]
-        if any(not c for c in choice_ids):
+        if any(not self.tokenizer(self.separator + c, add_special_tokens=False).input_ids for c in choices):
             raise ConfigError("a label tokenizes to nothing; give it a readable label_text", field="labels")
+        choice_ids = [self.answer_ids(c) for c in choices]
         extra = sum(len(c) - 1 for c in choice_ids)
         encoded = [self.encode(p, reserve=max(len(c) for c in choice_ids)) for p in prompts]
         ids = [e[0] for e in encoded]

@@ -3,7 +3,8 @@
 Prompts are rendered with the GGUF's own chat template (the one the Hugging Face tokenizer carries too), or the
 plain format of models without one, so a prompt reads the same on every backend. Greedy generation (temperature 0)
 reuses the KV cache of the longest prefix shared with the previous prompt (instruction and demonstrations).
-Label scoring evaluates each prompt once and every label continuation from its cached state (`logits_all`). The
+Label scoring evaluates each prompt once and every label continuation (label + end of turn) from its cached state
+(`logits_all`). The
 model cannot be trained here: LoRA arms refuse this backend at config time.
 """
 
@@ -17,7 +18,8 @@ import numpy as np
 
 from harness import packaged
 from harness.errors import ConfigError
-from harness.lm import GENERATE, SCORE, ChoiceScores, Generation, cut_middle, plain_prompt
+from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation, cut_middle,
+                        end_of_answer, plain_prompt)
 
 
 def gguf_file(model_path: str, cache_dir: Path) -> Path:
@@ -61,6 +63,30 @@ class LlamaCppLM:
                           if self.use_chat else None)
         self.separator = "" if self.use_chat else " "
         self.file = path
+        self.answer_end = self._answer_end()
+
+    def _answer_end(self) -> str:
+        """What ends an answer (as the transformers backend): the chat template's end of turn, else EOS; the plain
+        format's line end without a template."""
+        import llama_cpp
+
+        if self.formatter is None:
+            return PLAIN_ANSWER_END
+        try:
+            text = self.formatter(messages=[{"role": "user", "content": "q"},
+                                            {"role": "assistant", "content": ANSWER_PROBE}]).prompt
+        except Exception:  # a template that refuses this conversation: fall back to EOS
+            text = ""
+        suffix = text.split(ANSWER_PROBE, 1)[1] if ANSWER_PROBE in text else ""
+        ids, model = self._tokens(suffix, bos=False), self.llm._model
+        stops = {self.llm.token_eos(), *(t for t in ids if llama_cpp.llama_vocab_is_eog(model.vocab, t))}
+        controls = {t for t in ids if model.token_get_attr(t) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL}
+        ends = end_of_answer(ids, stops, controls) or [self.llm.token_eos()]
+        return self.llm.detokenize(ends, special=True).decode("utf-8", "replace")
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Separator, answer and terminator as tokens: what label scoring reads (as the transformers backend)."""
+        return self._tokens(self.separator + answer + self.answer_end, bos=False)
 
     # ---- prompts and tokens -------------------------------------------------------------------------------
     def render(self, messages: Sequence[dict]) -> str:
@@ -82,7 +108,7 @@ class LlamaCppLM:
     def describe(self) -> dict:
         return {"backend": "llama.cpp", "name_or_path": str(self.model_path), "file": self.file.name,
                 "device": "cpu", "n_ctx": self.n_ctx, "n_threads": self.llm.n_threads,
-                "chat_template": self.use_chat}
+                "chat_template": self.use_chat, "answer_end": self.answer_end}
 
     def close(self) -> None:
         self.llm.close()
@@ -103,9 +129,9 @@ class LlamaCppLM:
 
     # ---- label scoring ------------------------------------------------------------------------------------
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceScores]:
-        choice_ids = [self._tokens(self.separator + c, bos=False) for c in choices]
-        if any(not c for c in choice_ids):
+        if any(not self._tokens(self.separator + c, bos=False) for c in choices):
             raise ConfigError("a label tokenizes to nothing; give it a readable label_text", field="labels")
+        choice_ids = [self.answer_ids(c) for c in choices]
         llm, results = self.llm, []
         for prompt in prompts:
             ids, truncated = self.encode(prompt, reserve=max(len(c) for c in choice_ids))

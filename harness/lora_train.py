@@ -89,11 +89,10 @@ class Encoded:
 
 
 def encode_pairs(lm, pairs: Sequence[tuple[str, str]], max_length: int) -> tuple[list[Encoded], int]:
-    """Prompt + target (+ end of turn) token ids; prompts longer than max_length are cut in the middle."""
+    """Prompt + target + end of answer token ids; prompts longer than max_length are cut in the middle."""
     out, truncated = [], 0
-    eos = lm.tokenizer.eos_token_id
     for prompt, target in pairs:
-        t = lm.tokenizer(lm.separator + target, add_special_tokens=False).input_ids + ([eos] if eos is not None else [])
+        t = lm.answer_ids(target)  # ends with the terminator label scoring reads (lm.answer_end)
         t = t[: max_length // 2]
         p = lm.tokenizer(prompt, add_special_tokens=not lm.use_chat).input_ids
         budget = max_length - len(t)

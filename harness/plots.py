@@ -140,7 +140,7 @@ def learning_curve(curve: Mapping) -> bytes | None:
         plt.close(fig)
         return None
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("training examples (log scale)")
+    ax.set_xlabel(f"{curve.get('x_axis', 'training examples')} (log scale)")
     ax.set_ylabel(f"{curve['primary_metric']} (95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

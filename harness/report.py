@@ -58,6 +58,17 @@ def _rows(comparison: Mapping, details: Mapping[str, Mapping] | None = None) -> 
     return rows
 
 
+def _uncovered(prepared: Mapping[str, Mapping]) -> list[str]:
+    """One line per arm whose prompt demonstrates fewer labels than the task has (prepare.json demo_coverage)."""
+    lines = []
+    for arm, p in prepared.items():
+        c = p.get("demo_coverage") or {}
+        if c and c["labels_shown"] < c["labels"]:
+            lines.append(f"{arm}: its demonstrations show {c['labels_shown']} of {c['labels']} labels "
+                         f"(shots={c.get('shots')}); the others are only named in the instruction")
+    return lines
+
+
 def build_view(run_dir: Path) -> dict:
     """Everything the templates show, from the folder's JSON; figures as PNG bytes keyed by file name."""
     run_dir = Path(run_dir)
@@ -93,7 +104,7 @@ def build_view(run_dir: Path) -> dict:
             "headline": headline(decision.get("verdict")), "rows": _rows(comparison, details),
             "rules": {a: d["per_rule_pass_rate"] for a, d in details.items() if d.get("per_rule_pass_rate")},
             "others": others, "primary": primary, "figures": figures, "checks": _optional(run_dir / "data_checks.json"),
-            "prepared": prepared, "money": money, "fmt": fmt,
+            "prepared": prepared, "uncovered": _uncovered(prepared), "money": money, "fmt": fmt,
             "currency": (decision.get("costs") or {}).get("currency", "USD")}
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -92,3 +93,21 @@ def decide_run(run_dir: Path, cost_raw: Mapping | None = None, decision_raw: Map
     comparison["decision"] = decide.decide(evidence(run_dir, comparison), cost_cfg, s)
     write_json(run_dir / "comparison.json", comparison)
     return comparison
+
+
+def copy_decision_inputs(run_dir: Path, out: Path) -> list[Path]:
+    """Copy the JSON a decision and its report are made from (the folder's *.json and each arm's *.json; not the
+    predictions) from run_dir into out, a new or empty folder, so a re-decision leaves run_dir as it was."""
+    run_dir, out = Path(run_dir), Path(out)
+    comparison = read_run_file(run_dir / "comparison.json")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HarnessError(f"{out}: exists and is not an empty folder; give --out a new folder")
+    copied = []
+    for arm in ["", *comparison["strategies"]]:
+        source = run_dir / arm
+        for path in sorted(source.glob("*.json")) if source.is_dir() else []:
+            target = out / arm / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+            copied.append(target)
+    return copied

@@ -56,6 +56,7 @@ def load_configured_task(cfg: DictConfig) -> Task:
     return load_task(resolve_task_dir(cfg),
                      limit_train=_positive_or_none(limit.get("train"), "limit.train"),
                      limit_heldout=_positive_or_none(limit.get("heldout"), "limit.heldout"),
+                     limit_per_class=_positive_or_none(limit.get("per_class"), "limit.per_class"),
                      sample=str(limit.get("sample", "first")), sample_seed=int(cfg.get("seed", 0)),
                      allow_overlap=cfg.get("allow_overlap"),
                      max_input_chars=_positive_or_none(limit.get("input_chars"), "limit.input_chars"))
@@ -205,7 +206,7 @@ class Runner:
         write_json(self.run_dir / "run.json", {
             **provenance.collect(CODE_DIR), "task": task.name, "task_dir": str(task.directory.resolve()),
             "data_hashes": dict(task.data_hashes), "seed": seed, "strategies": names,
-            "limits": {"train": len(task.train), "heldout": len(task.heldout)}, "model": model,
+            "limits": self._limits(task), "model": model,
             "inputs_cut": {"limit_chars": task.max_input_chars, "ids": list(task.cut_inputs)},
             "ids_in_train_and_heldout": list(task.shared_ids),
             "config": OmegaConf.to_container(cfg, resolve=True)})
@@ -253,6 +254,11 @@ class Runner:
         except HarnessError as e:
             display.error(f"decision not made: {e}")
         return comparison
+
+    def _limits(self, task: Task) -> dict:
+        """Split sizes as run (and limit.per_class when set: a learning curve's x-axis in examples per class)."""
+        per = (self.cfg.get("limit") or {}).get("per_class")
+        return {"train": len(task.train), "heldout": len(task.heldout), **({"per_class": int(per)} if per else {})}
 
     def _model(self, node: DictConfig, arm: str | None):
         """The LM of a model config (one per distinct config: arms on the same model share it)."""

@@ -356,6 +356,23 @@ def cut_input(text: str, limit: int) -> str:
     return text[:head] + mark + (text[-tail:] if tail else "")
 
 
+def per_class(examples: Sequence[Example], n: int, sample: str = "stratified", seed: int = 0) -> tuple[Example, ...]:
+    """At most n examples of each label (all of a label that has fewer): the first n in file order (`first`), or a
+    seeded choice (`stratified`). Nested like `subset`: with the same seed, n per class is contained in m > n per
+    class, so a learning curve over it adds examples. File order is kept."""
+    rng = random.Random(seed)
+    groups: dict = {}
+    for ex in examples:
+        groups.setdefault(ex.target, []).append(ex)
+    chosen = set()
+    for key in sorted(groups, key=str):
+        members = groups[key][:]
+        if sample != "first":
+            rng.shuffle(members)
+        chosen.update(id(ex) for ex in members[:n])
+    return tuple(ex for ex in examples if id(ex) in chosen)
+
+
 def _load_split(spec: _Spec, split: str, path: Path, limit: int | None, sample: str = "first",
                 seed: int = 0, max_chars: int | None = None, cut: list | None = None) -> tuple[Example, ...]:
     rows = _rows(path)
@@ -418,13 +435,16 @@ def _find_split_file(directory: Path, split: str, spec: _Spec) -> Path | None:
 
 
 def load_task(directory: str | Path, *, limit_train: int | None = None, limit_heldout: int | None = None,
-              sample: str = "first", sample_seed: int = 0,
+              limit_per_class: int | None = None, sample: str = "first", sample_seed: int = 0,
               allow_overlap: bool | None = None, max_input_chars: int | None = None) -> Task:
     """Load tasks/<name>/ (task.yaml + splits); raise TaskError naming file, line and field on bad input.
-    `limit_*` keep the first N examples (`sample="first"`) or a seeded stratified subset (see `subset`).
+    `limit_*` keep the first N examples (`sample="first"`) or a seeded stratified subset (see `subset`);
+    `limit_per_class` keeps N train examples of each label instead (see `per_class`).
     Inputs longer than `max_input_chars` are cut in the middle; their ids are in `Task.cut_inputs`."""
     if sample not in SAMPLING:
         raise TaskError(f"limit.sample must be one of {', '.join(SAMPLING)}, got {sample!r}")
+    if limit_per_class and limit_train:
+        raise TaskError("limit.per_class and limit.train cannot be combined: set one (N per label, or N in all)")
     directory = Path(directory)
     path = directory / "task.yaml"
     if not path.is_file():
@@ -450,6 +470,11 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
         splits[split] = _load_split(spec, split, file, limits.get(split), sample, sample_seed, max_input_chars, cut)
         files[split] = file
         hashes[split] = hashlib.sha256(file.read_bytes()).hexdigest()
+    if limit_per_class:
+        if spec.type != "classification":
+            raise TaskError(f"limit.per_class needs a classification task ({spec.name} is {spec.type}); use "
+                            f"limit.train", file=path)
+        splits["train"] = per_class(splits["train"], limit_per_class, sample, sample_seed)
     train_inputs = {normalize_text(ex.input): ex for ex in splits["train"]}
     train_ids = {ex.id for ex in splits["train"]}
     overlap = tuple((ex.id, train_inputs[normalize_text(ex.input)].id) for ex in splits["heldout"]

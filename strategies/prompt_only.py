@@ -1,5 +1,9 @@
-"""Prompt-only arm: the task instruction, optionally k demonstrations from train, and (for classification)
-log-likelihood label scoring with optional contextual calibration (Zhao et al. 2021, "Calibrate Before Use")."""
+"""Prompt-only arm: the task instruction, demonstrations from train, and (for classification) log-likelihood label
+scoring with optional contextual calibration (Zhao et al. 2021, "Calibrate Before Use").
+
+`shots: auto` shows one demonstration per label (balanced, seeded) while the prompt fits AUTO_BUDGET of the model's
+context; when not every label fits, the arm warns and records how many labels its prompt covers. On a task without
+labels `auto` means AUTO_OTHER demonstrations (within the same budget). A number k shows k, balanced."""
 
 from __future__ import annotations
 
@@ -7,25 +11,35 @@ import math
 from typing import Sequence
 
 from harness import inference
+from harness.display import status
 from harness.errors import ConfigError
 from harness.prompts import build_messages, pick_demos, template_from_config
 from harness.strategy import PrepareContext, Prediction
 from harness.task import Example
 
+AUTO_BUDGET = 0.6  # share of the model's context the prompt with automatic demonstrations may fill
+AUTO_OTHER = 10    # `auto` on a task without labels
+
+
+def context_length(lm) -> int | None:
+    """The arm's model context in tokens where its backend knows it (transformers, llama.cpp), else None."""
+    return getattr(lm, "max_length", None) or getattr(lm, "n_ctx", None)
+
 
 class PromptOnly:
     """Zero-shot (shots=0) or few-shot prompting of the arm's model."""
 
-    def __init__(self, shots: int = 0, calibrate: bool = False, decode: str = "auto",
+    def __init__(self, shots: int | str = "auto", calibrate: bool = False, decode: str = "auto",
                  max_new_tokens: int | str = "auto",
                  seed: int | None = None, template: dict | None = None, name: str = "prompt_only"):
-        if shots < 0:
-            raise ConfigError(f"must be ≥ 0, got {shots}", field=f"strategies.{name}.shots")
-        self.shots, self.calibrate, self.decode = int(shots), bool(calibrate), decode
+        if shots != "auto" and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
+            raise ConfigError(f"must be a whole number ≥ 0 or auto, got {shots!r}", field=f"strategies.{name}.shots")
+        self.shots, self.calibrate, self.decode = shots, bool(calibrate), decode
         self.max_new_tokens, self.seed, self.name = max_new_tokens, seed, name
         self.template = template_from_config(template)
         self.demos: list[Example] = []
         self.prior: list[float] | None = None
+        self.coverage: dict | None = None
 
     def describe(self) -> dict:
         return {"kind": "prompt_only", "shots": self.shots, "calibrate": self.calibrate, "decode": self.decode,
@@ -33,9 +47,14 @@ class PromptOnly:
                 "template": {"system": self.template.system, "user": self.template.user}}
 
     def summary(self) -> str:
-        mode = f"{self.shots}-shot" if self.shots else "zero-shot"
-        if self.task.type == "classification" and self.shots:
+        k = len(self.demos)
+        mode = f"{k}-shot" if k else "zero-shot"
+        if self.shots == "auto":
+            mode = f"auto {mode}"
+        if self.task.type == "classification" and k:
             mode += " balanced"
+        if self.coverage and self.coverage["labels_shown"] < self.coverage["labels"]:
+            mode += f" ({self.coverage['labels_shown']} of {self.coverage['labels']} labels shown)"
         if self.mode == "score":
             mode += ", label scoring" + (" + calibration" if self.calibrate else "")
         else:
@@ -51,10 +70,12 @@ class PromptOnly:
         self.task, self.lm = ctx.task, ctx.lm
         self.check(self.task, self.lm)
         seed = ctx.seed if self.seed is None else self.seed
-        self.demos = pick_demos(self.task, self.shots, seed)
+        self.demos, budget = self._pick(seed)
         self._prompt(self.task.heldout[0])  # a template error surfaces here, before any prediction
         report = {"demo_ids": [d.id for d in self.demos], "seed": seed, "summary": self.summary(),
                   "decode": self.mode, "max_new_tokens": self.new_tokens}
+        if self.coverage:
+            report["demo_coverage"] = {**self.coverage, "budget_tokens": budget}
         if self.calibrate and self.mode != "score":
             report["calibration"] = "not applicable: calibration corrects label scores, and this arm generates"
         elif self.calibrate:
@@ -64,8 +85,37 @@ class PromptOnly:
                                      "label_prior": dict(zip(self.task.labels, (math.exp(p) for p in self.prior)))}
         return report
 
-    def _prompt(self, example: Example) -> str:
-        return self.lm.render(build_messages(self.task, self.template, example, self.demos))
+    def _pick(self, seed: int) -> tuple[list[Example], int | None]:
+        """The demonstrations (and, for `auto`, the prompt token budget they had to fit), with label coverage."""
+        task, labels = self.task, self.task.labels
+        if self.shots != "auto":
+            demos, budget = pick_demos(task, self.shots, seed), None
+        else:
+            demos = pick_demos(task, len({ex.target for ex in task.train}) if labels else AUTO_OTHER, seed)
+            context = context_length(self.lm)
+            budget = int(context * AUTO_BUDGET) if context else None
+            if budget:  # the most demonstrations (in their seeded order) whose prompt fits, for the longest input
+                longest = max(task.heldout, key=lambda ex: len(ex.input))
+                fits = lambda k: self.lm.count_tokens(self._prompt(longest, demos[:k])) <= budget  # noqa: E731
+                low, high = 0, len(demos)
+                while low < high:
+                    mid = (low + high + 1) // 2
+                    low, high = (mid, high) if fits(mid) else (low, mid - 1)
+                demos = demos[:low]
+        if labels:
+            shown, trained = len({d.target for d in demos}), len({ex.target for ex in task.train})
+            self.coverage = {"labels_shown": shown, "labels": len(labels), "labels_in_train": trained,
+                             "shots": self.shots}
+            if self.shots == "auto" and shown < len(labels):
+                why = (f"one demonstration per label does not fit {budget} prompt tokens ({AUTO_BUDGET:.0%} of the "
+                       f"context)" if shown < trained else f"{len(labels) - trained} label(s) have no train example")
+                status(f"[yellow]warning:[/yellow] {self.name}: shots=auto shows {shown} of {len(labels)} labels "
+                       f"({why}); the others are only named in the instruction")
+        return demos, budget
+
+    def _prompt(self, example: Example, demos: Sequence[Example] | None = None) -> str:
+        return self.lm.render(build_messages(self.task, self.template, example,
+                                             self.demos if demos is None else demos))
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict(self.task, self.lm, examples, [self._prompt(ex) for ex in examples],

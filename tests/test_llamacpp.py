@@ -33,6 +33,8 @@ def test_llamacpp_matches_transformers_on_the_demo_prompts(backends):
     assert [hf.encode(p)[0] for p in prompts] == [lc.encode(p)[0] for p in prompts]
     assert [g.text for g in hf.generate(prompts, 24)] == [g.text for g in lc.generate(prompts, 24)]
     labels = [task.text_of(label) for label in task.labels]
+    assert hf.answer_end == lc.answer_end == "<|im_end|>"  # both score a label as the answer and its end of turn
+    assert [hf.answer_ids(label) for label in labels] == [lc.answer_ids(label) for label in labels]
     a, b = hf.score_choices(prompts, labels), lc.score_choices(prompts, labels)
     assert [int(np.argmax(s.logprobs)) for s in a] == [int(np.argmax(s.logprobs)) for s in b]
     assert max(abs(x - y) for s, t in zip(a, b) for x, y in zip(s.logprobs, t.logprobs)) < 1.0

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from harness.lm import plain_prompt
 from harness.lm_hf import TransformersLM
 from harness.prompts import PromptTemplate, build_messages
 from harness.task import load_task
@@ -9,42 +10,60 @@ from tests.conftest import ROOT
 LABELS = ["positive", "negative", "not sure at all", "mixed feelings here"]  # single- and multi-token
 
 
-def naive_scores(lm, prompt, choices):
-    """Reference: one full forward pass per (prompt, choice) pair."""
+def reference_scores(lm, messages, choices):
+    """Reference, written apart from the scorer: for each label, the whole conversation with the label as the
+    assistant's answer is written as text by the tokenizer's own chat template (or the plain format), tokenized at
+    once and run in one full forward pass. The label's score sums the log-probabilities of every token after the
+    prompt: up to and including the tokenizer's EOS (end of turn) with a chat template; in the plain format,
+    everything the format writes after the prompt (the answer and its line end)."""
+    tok, special = lm.tokenizer, not lm.use_chat
+    render = ((lambda m, gen: tok.apply_chat_template(m, tokenize=False, add_generation_prompt=gen)) if lm.use_chat
+              else (lambda m, gen: plain_prompt(m)))
+    prompt = render(messages, True)
+    p_ids = tok(prompt, add_special_tokens=special).input_ids
     out = []
-    p_ids = lm.encode(prompt)[0]
     for c in choices:
-        c_ids = lm.tokenizer(lm.separator + c, add_special_tokens=False).input_ids
+        full = render([*messages, {"role": "assistant", "content": c}], False)
+        ids = tok(full, add_special_tokens=special).input_ids
+        assert full.startswith(prompt) and ids[:len(p_ids)] == p_ids
+        answer = ids[len(p_ids):]
+        if lm.use_chat:
+            answer = answer[:answer.index(tok.eos_token_id) + 1]
         with torch.no_grad():
-            logits = lm.model(input_ids=torch.tensor([p_ids + c_ids])).logits[0].float()
+            logits = lm.model(input_ids=torch.tensor([p_ids + answer])).logits[0].float()
         logp = torch.log_softmax(logits, -1)
-        out.append(sum(logp[len(p_ids) - 1 + j, t].item() for j, t in enumerate(c_ids)))
+        out.append(sum(logp[len(p_ids) - 1 + j, t].item() for j, t in enumerate(answer)))
     return out
 
 
-def prompts_for(lm, n, demos=2):
+def messages_for(n, demos=2):
     task = load_task(ROOT / "tasks" / "tiny")
-    return [lm.render(build_messages(task, PromptTemplate(), ex, task.train[:demos])) for ex in task.heldout[:n]]
+    return [build_messages(task, PromptTemplate(), ex, task.train[:demos]) for ex in task.heldout[:n]]
+
+
+def prompts_for(lm, n, demos=2):
+    return [lm.render(m) for m in messages_for(n, demos)]
+
+
+def check_against_reference(lm, messages):
+    prompts = [lm.render(m) for m in messages]
+    for m, prompt, scored in zip(messages, prompts, lm.score_choices(prompts, LABELS)):
+        assert scored.logprobs == pytest.approx(reference_scores(lm, m, LABELS), abs=1e-4)
+        assert scored.input_tokens == lm.count_tokens(prompt)
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_shared_prefix_scoring_equals_naive_scoring(tiny_model, attn):
+def test_shared_prefix_scoring_equals_the_reference(tiny_model, attn):
     lm = TransformersLM(str(tiny_model), batch_size=3, attn_implementation=attn)
-    prompts = prompts_for(lm, 7)
-    assert lm._shared_prefix([lm.encode(p)[0] for p in prompts]) > 0  # the demos form a shared prefix
-    fast = lm.score_choices(prompts, LABELS)
-    for prompt, scored in zip(prompts, fast):
-        assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)
-        assert scored.input_tokens == lm.count_tokens(prompt)
+    assert lm._shared_prefix([lm.encode(p)[0] for p in prompts_for(lm, 7)]) > 0  # the demos form a shared prefix
+    check_against_reference(lm, messages_for(7))
 
 
 def test_plain_prompt_format_without_chat_template(tiny_plain_model):
     lm = TransformersLM(str(tiny_plain_model), batch_size=2)
     assert not lm.use_chat and lm.separator == " "
-    prompts = prompts_for(lm, 3)
-    assert prompts[0].rstrip().endswith("Answer:")
-    for prompt, scored in zip(prompts, lm.score_choices(prompts, LABELS)):
-        assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)
+    assert prompts_for(lm, 1)[0].rstrip().endswith("Answer:")
+    check_against_reference(lm, messages_for(3))
 
 
 def test_batched_generation_matches_one_by_one(tiny_model):
@@ -69,10 +88,10 @@ def test_too_long_input_is_truncated_and_counted(tiny_model):
 
 def test_scoring_without_a_shared_prefix(tiny_model):
     lm = TransformersLM(str(tiny_model), batch_size=2)
-    prompts = ["one short prompt", "a different, longer prompt about a broken kettle"]
-    assert lm._shared_prefix([lm.encode(p)[0] for p in prompts]) == 0
-    for prompt, scored in zip(prompts, lm.score_choices(prompts, LABELS)):
-        assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)
+    messages = [[{"role": "user", "content": text}]
+                for text in ("one short prompt", "a different, longer prompt about a broken kettle")]
+    assert lm._shared_prefix([lm.encode(lm.render(m))[0] for m in messages]) == 0
+    check_against_reference(lm, messages)
 
 
 def test_sliding_window_model_scores_like_its_own_attention(tiny_model, tmp_path):
@@ -92,6 +111,4 @@ def test_sliding_window_model_scores_like_its_own_attention(tiny_model, tmp_path
     for attn in ("sdpa", "eager"):
         lm = TransformersLM(str(tmp_path / "gemma"), batch_size=3, attn_implementation=attn)
         assert lm.sliding_window == 6
-        prompts = prompts_for(lm, 5)
-        for prompt, scored in zip(prompts, lm.score_choices(prompts, LABELS)):
-            assert scored.logprobs == pytest.approx(naive_scores(lm, prompt, LABELS), abs=1e-4)
+        check_against_reference(lm, messages_for(5))

@@ -105,3 +105,28 @@ def test_report_renders_in_a_headless_browser(run_dir, tmp_path):
     assert image.size == (1200, 1600)
     colours = image.getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # text, tables and plots, not a blank or error page
+
+
+def test_harness_report_out_re_decides_into_a_new_folder_and_leaves_the_run(run_dir, tmp_path):
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    out = tmp_path / "redecided"
+    report = [sys.executable, "-m", "harness.cli", "report"]
+    r = subprocess.run([*report, str(run_dir), "--volume", "7000000", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    assert json.loads((out / "comparison.json").read_text())["decision"]["costs"]["volume_per_month"] == 7_000_000
+    assert (out / "report.html").exists() and (out / "prompt_only" / "metrics.json").exists()
+    assert not (out / "prompt_only" / "predictions.jsonl").exists()  # only the JSON the decision needs
+    assert "wrote the new decision to" in r.stdout and "unchanged" in r.stdout
+    r = subprocess.run([*report, str(run_dir), "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "not an empty folder" in r.stdout + r.stderr and "Traceback" not in r.stderr
+    # without --out the folder is rewritten, and one line says so; a prompt that leaves labels out is shown
+    prepare = json.loads((out / "prompt_only" / "prepare.json").read_text())
+    prepare["report"]["demo_coverage"] = {"labels_shown": 1, "labels": 2, "labels_in_train": 2, "shots": "auto"}
+    (out / "prompt_only" / "prepare.json").write_text(json.dumps(prepare))
+    r = subprocess.run([*report, str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and [line for line in r.stdout.splitlines() if line.startswith("rewrote ")]
+    line = "prompt_only: its demonstrations show 1 of 2 labels"
+    assert line in (out / "report.md").read_text() and line in (out / "report.html").read_text()
