@@ -9,9 +9,10 @@ knowledge assistant asks one thing: is the fact right? A *fact* is
   and the words of the question (echoing the question states no fact; when that leaves nothing, the question's
   words count). A derived fact is present when the word occurs anywhere in the output.
 
-Words are compared normalised: lower case, a plural `s` dropped; numbers as the extraction metrics compare them
-("1,800", "1800" and "1800.00" are one number; "1st" is 1), number words as digits ("six" = 6, "first" = 1), and
-negations as one word ("can't", "cannot", "not", "never" = "no"), so the polarity of a yes/no answer is a fact.
+Words are compared normalised: lower case, a plural `s` (`es`, `ies`) dropped; numbers as the extraction metrics
+compare them ("1,800", "1800" and "1800.00" are one number; "1st" is 1), number words as digits ("six" = 6,
+"first" = 1), and negations as one word ("can't", "cannot", "not", "never" = "no"), so the polarity of a yes/no
+answer is a fact.
 
 Pure functions: no model, no torch.
 """
@@ -59,6 +60,8 @@ def _norm_word(word: str) -> str:
         word = word[:-2]
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        return word[:-2]  # matches → match, passes → pass
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word

@@ -21,6 +21,7 @@ def test_words_normalise_numbers_plurals_and_negations():
     assert words("It costs 1,800 euros, not 1800.00!") == ["it", "cost", "1800", "euro", "no", "1800"]
     assert words("Six policies, the 3rd one can't wait") == ["6", "policy", "the", "3", "1", "no", "wait"]
     assert words("Tomasz Reinholt's desk, ext. 4100") == ["tomasz", "reinholt", "desk", "ext", "4100"]
+    assert words("It matches two passes and boxes") == ["it", "match", "2", "pass", "and", "box"]
     assert content_words("You get 27 days of leave and 27 more days.") == ["27", "day", "leave"]
 
 
