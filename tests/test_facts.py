@@ -162,3 +162,24 @@ def test_http_backend_sends_stop_strings_and_keeps_one_sentence(tmp_path):
                     cache_path=str(tmp_path))
     gen = lm.generate([lm.render([{"role": "user", "content": "q"}])], 16, stop=["\n"], max_sentences=1)[0]
     assert gen.text == "It is 27 days." and seen[0]["stop"] == ["\n"] and gen.output_tokens == 8
+
+
+def test_a_run_on_a_short_answer_task_scores_facts_and_records_how_answers_end(tiny_model, tmp_path):
+    from tests.conftest import run_harness
+
+    task = _task(tmp_path / "qa", 'metrics: [answer_exact]\nstop: ["\\n"]\nmax_sentences: 1\n',
+                 [{"id": f"h{i}", "input": f"Where do I book leave number {i}?", "target": "In Lantern.",
+                   "facts": ["Lantern"]} for i in range(4)])
+    out = tmp_path / "run"
+    r = run_harness(f"task_dir={task}", f"results_dir={out}", "strategies=[zero_shot]", "model=hf",
+                    f"model.name_or_path={tiny_model}", "strategies.zero_shot.max_new_tokens=12",
+                    "forgetting.control=none", "checks.near_duplicates=false")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["primary_metric"] == "fact_recall"
+    assert {"fact_recall", "answer_exact", "token_f1"} <= set(comparison["strategies"]["zero_shot"]["metrics"])
+    assert json.loads((out / "zero_shot" / "prepare.json").read_text())["answer_end"] == {
+        "stop": ["\n"], "max_sentences": 1}
+    for line in (out / "zero_shot" / "predictions.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert "\n" not in record["output"] and record["usage"]["output_tokens"] <= 12
