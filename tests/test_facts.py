@@ -183,3 +183,17 @@ def test_a_run_on_a_short_answer_task_scores_facts_and_records_how_answers_end(t
     for line in (out / "zero_shot" / "predictions.jsonl").read_text().splitlines():
         record = json.loads(line)
         assert "\n" not in record["output"] and record["usage"]["output_tokens"] <= 12
+
+
+def test_forgetting_check_scores_a_generation_control_split_on_its_primary_metric(tiny_model, tmp_path):
+    """The task's control split is scored with each example's question and declared facts (fact_recall)."""
+    from harness import forgetting
+    from harness.lm_hf import TransformersLM
+
+    folder = _task(tmp_path / "qa", 'stop: ["\\n"]\n')
+    rows = [{"id": "c1", "input": "Where do I book leave?", "target": "In Lantern.", "facts": ["Lantern"]},
+            {"id": "c2", "input": "How many days?", "target": "27 days."}]
+    (folder / "control.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    control = forgetting.load_control(load_task(folder), "task")
+    values = control.score(TransformersLM(str(tiny_model)))
+    assert control.ids == ("c1", "c2") and len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
