@@ -63,6 +63,17 @@ def max_new_tokens_for(task: Task, lm, value, arm: str) -> int:
     return value
 
 
+def answer_end(task: Task) -> dict:
+    """The task's `stop` strings and `max_sentences`, as keyword arguments of `LM.generate` (only those set, so a
+    backend written before them keeps working on tasks without them)."""
+    end = {}
+    if task.stop:
+        end["stop"] = list(task.stop)
+    if task.max_sentences:
+        end["max_sentences"] = task.max_sentences
+    return end
+
+
 def label_prior(task: Task, lm, prompts: Sequence[str]) -> list[float]:
     """log of each label's mean probability over content-free prompts (the calibration prior)."""
     labels = [task.text_of(label) for label in task.labels]
@@ -76,7 +87,7 @@ def predict(task: Task, lm, examples: Sequence[Example], prompts: Sequence[str],
     retrieved = retrieved or [None] * len(examples)
     extra_usage = extra_usage or [{}] * len(examples)
     if not uses_scoring(task, decode):
-        gens = lm.generate(prompts, max_new_tokens)
+        gens = lm.generate(prompts, max_new_tokens, **answer_end(task))
         return [Prediction(ex.id, g.text, p, {"input_tokens": g.input_tokens, "output_tokens": g.output_tokens,
                                               "latency_s": g.latency_s, "truncated": g.truncated,
                                               **({"failed": g.error} if g.error else {}), **u}, retrieved=r)

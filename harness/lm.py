@@ -6,6 +6,7 @@ backend it has; it asks `capabilities` and the backend refuses what it cannot do
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
@@ -31,6 +32,46 @@ class ChoiceScores:
     choice_tokens: int     # continuation tokens scored for this prompt (all choices)
     latency_s: float
     truncated: bool = False
+
+
+# A sentence ends at . ! or ? (closing quotes or brackets may follow) before white space and a capital, digit or
+# opening quote, or at a line break; "e.g." and the like do not end one.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*(?=[ \t]+[A-Z0-9\"'(\[])|(?<=\S)(?=[ \t]*\n\s*\S)")
+_ABBREVIATIONS = ("e.g.", "i.e.", "etc.", "approx.", "incl.", "mr.", "mrs.", "ms.", "dr.", "st.", "vs.")
+
+
+def _sentence_ends(text: str) -> list[int]:
+    """Offsets where each sentence of `text` ends, except the last (still open) one."""
+    return [m.end() for m in _SENTENCE_END.finditer(text)
+            if not text[:m.start()].lower().endswith(_ABBREVIATIONS)]
+
+
+def _stop_at(text: str, stop: Sequence[str]) -> int | None:
+    """Offset of the earliest stop string after the answer's first visible character (leading white space never
+    ends an answer), or None."""
+    lead = len(text) - len(text.lstrip())
+    found = [text.find(s, lead + 1) for s in stop if s]
+    found = [i for i in found if i != -1]
+    return min(found) if found else None
+
+
+def answer_done(text: str, stop: Sequence[str] = (), max_sentences: int | None = None) -> bool:
+    """Whether a growing answer has ended: a stop string, or the start of sentence max_sentences + 1."""
+    if stop and _stop_at(text, stop) is not None:
+        return True
+    return bool(max_sentences) and len(_sentence_ends(text.strip())) >= max_sentences
+
+
+def cut_answer(text: str, stop: Sequence[str] = (), max_sentences: int | None = None) -> str:
+    """The answer up to its first stop string and at most `max_sentences` sentences, stripped. Every backend ends
+    its answers with this, so an answer reads the same whichever backend produced it."""
+    at = _stop_at(text, stop) if stop else None
+    text = (text if at is None else text[:at]).strip()
+    if max_sentences:
+        ends = _sentence_ends(text)
+        if len(ends) >= max_sentences:
+            text = text[:ends[max_sentences - 1]].strip()
+    return text
 
 
 def plain_prompt(messages: Sequence[dict]) -> str:
@@ -75,8 +116,10 @@ class LM(Protocol):
         choice's tokens and the terminator the model writes after an answer (end of turn, or the plain format's
         line end), so a label that extends another ("insurance" / "insurance change") can win."""
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[Generation]:
-        """Greedy continuation of each prompt, cut at end of turn or a stop string."""
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 max_sentences: int | None = None) -> list[Generation]:
+        """Greedy continuation of each prompt, ended at the end of the model's turn, a stop string or after
+        `max_sentences` sentences (see `cut_answer`); `output_tokens` counts the tokens generated."""
 
     def describe(self) -> dict:
         """Model id, backend, device, dtype, parameter count: recorded with every result."""

@@ -17,8 +17,8 @@ from transformers.utils import logging as hf_logging
 
 from harness import packaged
 from harness.errors import ConfigError
-from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation, cut_middle,
-                        end_of_answer, plain_prompt)
+from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation, answer_done,
+                        cut_answer, cut_middle, end_of_answer, plain_prompt)
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a shared-prefix pass is not worth its bookkeeping
 
@@ -92,6 +92,7 @@ class TransformersLM:
         self.eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
                                *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
         self.answer_end = self._answer_end()
+        self.eos_ids = sorted({*self.eos_ids, *self._turn_end_ids()})  # generation ends with the model's turn
 
     def _answer_end(self) -> str:
         """What ends an answer, as text: the chat template's end of turn (the token the model stops at), or EOS
@@ -286,26 +287,58 @@ class TransformersLM:
         return results  # type: ignore[return-value]
 
     # ---- generation ---------------------------------------------------------------------------------------
+    def _turn_end_ids(self) -> set[int]:
+        """The special token the chat template closes an assistant turn with (<|im_end|>, <end_of_turn>, …), which
+        a model's generation_config does not always list as an end of sequence."""
+        if not self.use_chat:
+            return set()
+        marker = "Xq7Zv"
+        try:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": "Hi"},
+                                                       {"role": "assistant", "content": marker}], tokenize=False)
+        except Exception:  # a template that cannot close a turn on its own: the EOS ids only
+            return set()
+        after = text.split(marker, 1)[1] if marker in text else ""
+        ids = self.tokenizer(after.lstrip(" "), add_special_tokens=False).input_ids
+        special = set(self.tokenizer.all_special_ids) | {
+            i for i, t in getattr(self.tokenizer, "added_tokens_decoder", {}).items() if t.special}
+        return {ids[0]} if ids and ids[0] in special else set()
+
+    def _ender(self, start: int, stop: Sequence[str], max_sentences: int | None):
+        """A stopping criterion that ends each row once its answer has ended (stop string, sentence limit)."""
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tokenizer = self.tokenizer
+
+        class AnswerEnded(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+                return torch.tensor([answer_done(t, stop, max_sentences) for t in texts], dtype=torch.bool,
+                                    device=input_ids.device)
+        return StoppingCriteriaList([AnswerEnded()])
+
     @torch.inference_mode()
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 max_sentences: int | None = None) -> list[Generation]:
         encoded = [self.encode(p, reserve=max_new_tokens) for p in prompts]
         results: list[Generation | None] = [None] * len(prompts)
         pad = self.tokenizer.pad_token_id
+        ended = {*self.eos_ids, pad}  # a row that has ended is filled with padding
         for batch in self._batches([len(e[0]) for e in encoded]):
             start = time.perf_counter()
             seqs = [encoded[i][0] for i in batch]
             width = max(len(s) for s in seqs)
             ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+            ender = self._ender(width, stop, max_sentences) if stop or max_sentences else None
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=False, eos_token_id=self.eos_ids or None, pad_token_id=pad)
+                                      do_sample=False, eos_token_id=self.eos_ids or None, pad_token_id=pad,
+                                      stopping_criteria=ender)
             share = (time.perf_counter() - start) / len(batch)
             for row, i in enumerate(batch):
                 new = out[row, width:].tolist()
-                cut = next((k for k, t in enumerate(new) if t in self.eos_ids), len(new))
+                cut = next((k for k, t in enumerate(new) if t in ended), len(new))  # tokens generated
                 text = self.tokenizer.decode(new[:cut], skip_special_tokens=True)
-                for s in stop:
-                    if s and s in text:
-                        text = text[: text.index(s)]
-                results[i] = Generation(text.strip(), len(seqs[row]), cut, share, encoded[i][1])
+                results[i] = Generation(cut_answer(text, stop, max_sentences), len(seqs[row]), cut, share,
+                                        encoded[i][1])
         return results  # type: ignore[return-value]

@@ -33,7 +33,7 @@ from typing import Sequence
 import httpx
 
 from harness.errors import ConfigError, HarnessError
-from harness.lm import GENERATE, Generation
+from harness.lm import GENERATE, Generation, cut_answer
 
 CHARS_PER_TOKEN = 2  # generous: SmolLM2's tokenizer measured 2.3 characters per token on the supplier_intake forms
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -126,7 +126,17 @@ class HTTPChatLM:
                 "token_counts": "from the server's usage"}
 
     # ---- generation ---------------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 max_sentences: int | None = None) -> list[Generation]:
+        """The server ends at its end of turn and at the stop strings (sent as `stop`, so the tokens after them
+        are neither generated nor paid for); the sentence limit is applied to the answer as every backend does."""
+        gens = self._generate(prompts, max_new_tokens, stop)
+        if stop or max_sentences:
+            for g in gens:
+                g.text = cut_answer(g.text, stop, max_sentences)
+        return gens
+
+    def _generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]) -> list[Generation]:
         bodies = []
         for p in prompts:
             body = {"model": self.model, "messages": self._messages(p), "max_tokens": int(max_new_tokens),

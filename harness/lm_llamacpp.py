@@ -18,8 +18,8 @@ import numpy as np
 
 from harness import packaged
 from harness.errors import ConfigError
-from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation, cut_middle,
-                        end_of_answer, plain_prompt)
+from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation, answer_done,
+                        cut_answer, cut_middle, end_of_answer, plain_prompt)
 
 
 def gguf_file(model_path: str, cache_dir: Path) -> Path:
@@ -114,17 +114,31 @@ class LlamaCppLM:
         self.llm.close()
 
     # ---- generation ---------------------------------------------------------------------------------------
-    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = ()) -> list[Generation]:
+    def _ender(self, start: int, stop: Sequence[str], max_sentences: int | None):
+        """Ends a completion once its answer has ended (stop string, sentence limit), judged as the transformers
+        backend judges it (harness.lm.answer_done); llama.cpp itself ends at the model's end-of-turn tokens."""
+        from llama_cpp import StoppingCriteriaList
+
+        llm = self.llm
+
+        def ended(input_ids, logits) -> bool:
+            text = llm.detokenize([int(t) for t in input_ids[start:]]).decode("utf-8", errors="ignore")
+            return answer_done(text, stop, max_sentences)
+        return StoppingCriteriaList([ended])
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
+                 max_sentences: int | None = None) -> list[Generation]:
         out = []
         for prompt in prompts:
             ids, truncated = self.encode(prompt, reserve=max_new_tokens)
             start = time.perf_counter()
-            result = self.llm.create_completion(ids, max_tokens=int(max_new_tokens), temperature=0.0,
-                                                stop=list(stop) or None)
+            result = self.llm.create_completion(
+                ids, max_tokens=int(max_new_tokens), temperature=0.0,
+                stopping_criteria=self._ender(len(ids), stop, max_sentences) if stop or max_sentences else None)
             seconds = time.perf_counter() - start
             usage = result["usage"]
-            out.append(Generation(result["choices"][0]["text"].strip(), usage["prompt_tokens"],
-                                  usage["completion_tokens"], seconds, truncated))
+            out.append(Generation(cut_answer(result["choices"][0]["text"], stop, max_sentences),
+                                  usage["prompt_tokens"], usage["completion_tokens"], seconds, truncated))
         return out
 
     # ---- label scoring ------------------------------------------------------------------------------------

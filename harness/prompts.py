@@ -82,13 +82,15 @@ def _render(template: str, **variables) -> str:
 
 
 def build_messages(task: Task, template: PromptTemplate, example: Example, demos: Sequence[Example] = (),
-                   context: str = "") -> list[dict]:
-    """System instruction, then each demonstration as a user/assistant turn, then the input."""
+                   context: str = "", system_context: str = "") -> list[dict]:
+    """System instruction, then each demonstration as a user/assistant turn, then the input. `context` goes into
+    the last user turn (the template's `context`); `system_context` after the instruction, before any turn."""
     labels = [{"name": label, "text": task.text_of(label), "description": task.label_descriptions.get(label, "")}
               for label in task.labels]
     common = {"instruction": task.instruction, "labels": labels, "fields": list(task.fields),
               "task_type": task.type}
-    messages = [{"role": "system", "content": _render(template.system, **common)}]
+    system = _render(template.system, **common)
+    messages = [{"role": "system", "content": system + ("\n\n" + system_context if system_context else "")}]
     for demo in demos:
         messages.append({"role": "user", "content": _render(template.user, input=demo.input, context="", **common)})
         messages.append({"role": "assistant", "content": target_text(task, demo.target)})

@@ -133,9 +133,7 @@ def score_strategy(task: Task, records: dict[str, dict], encode=None, extra: dic
     """Score an arm's recorded outputs; `encode` (texts → normalised vectors) computes embedding_cosine; `extra`
     adds per-example values measured elsewhere ({"judge_pass": {id: 0/1}})."""
     examples = [ex for ex in task.heldout if ex.id in records]
-    result = scoring.score(task.type, [ex.target for ex in examples], [records[ex.id]["output"] for ex in examples],
-                           labels=task.labels, label_text=task.label_text, fields=task.fields,
-                           schema=task.schema, rules=task.rules, metrics=task.metrics)
+    result = scoring.score_examples(task, examples, [records[ex.id]["output"] for ex in examples])
     per_example = {ex.id: s for ex, s in zip(examples, result["per_example"])}
     added = False  # per-example values joined here; the metrics are then re-aggregated once
     if "embedding_cosine" in task.metrics and encode is not None and examples:
@@ -191,8 +189,9 @@ class Runner:
             strategy = _instantiate(node, f"strategy {arm_name!r}", name=arm_name, **extra)
             if hasattr(strategy, "check"):
                 strategy.check(task, arm_lm)
+            ends = [task.answer_settings()] if task.answer_settings() else []  # how answers end (stop, sentences)
             key = fingerprint(strategy.describe(), arm_lm.describe(), dict(task.data_hashes), len(task.train), seed,
-                              *([{"input_chars": task.max_input_chars}] if task.cut_inputs else []))
+                              *ends, *([{"input_chars": task.max_input_chars}] if task.cut_inputs else []))
             prepare_path = self.run_dir / arm_name / "prepare.json"
             if prepare_path.exists() and read_json(prepare_path).get("fingerprint") != key:
                 raise ConfigError(f"{prepare_path.parent} holds results of a different configuration of "
@@ -402,7 +401,8 @@ class Runner:
         prepare_s = time.perf_counter() - start
         write_json(prepare_path, {"strategy": name, "target": target,
                                   "settings": strategy.describe(), "model": model, "fingerprint": key,
-                                  "prepare_s": prepare_s, "report": report})
+                                  "prepare_s": prepare_s, "report": report,
+                                  **({"answer_stops": task.answer_settings()} if task.answer_settings() else {})})
         log = PredictionLog(folder / "predictions.jsonl")
         counters = dict(getattr(lm, "counters", {}))
         todo = [ex for ex in task.heldout if ex.id not in log.done()]

@@ -128,8 +128,10 @@ MEAN_OF = {"accuracy": "correct", "invalid_rate": "invalid", "exact_match": "exa
            "field_accuracy": "field_accuracy", "record_exact_match": "record_exact_match",
            "valid_json_rate": "valid_json", "schema_valid_rate": "schema_valid", "mrr": "reciprocal_rank",
            "chrf": "chrf", "rouge_l": "rouge_l", "embedding_cosine": "embedding_cosine", "rules_pass": "rules_pass",
-           "judge_pass": "judge_pass"}
-GENERATION_METRICS = ("exact_match", "token_f1", "chrf", "rouge_l", "embedding_cosine", "rules_pass", "judge_pass")
+           "judge_pass": "judge_pass", "fact_recall": "fact_recall", "answer_exact": "answer_exact"}
+GENERATION_METRICS = ("exact_match", "token_f1", "chrf", "rouge_l", "embedding_cosine", "rules_pass", "judge_pass",
+                      "fact_recall", "answer_exact")
+FACT_METRICS = ("fact_recall", "answer_exact")  # computed together (harness/facts.py)
 
 
 def mean_key(metric: str) -> str | None:
@@ -277,14 +279,21 @@ def rouge_l(prediction: str, references: Sequence[str]) -> float:
 
 
 def score_generation(targets: Sequence[str | Sequence[str]], outputs: Sequence[str], rules: Sequence[Mapping] = (),
-                     metrics: Sequence[str] = ()) -> dict:
+                     metrics: Sequence[str] = (), inputs: Sequence[str] | None = None,
+                     facts: Sequence[Sequence[Any] | None] | None = None) -> dict:
+    """`inputs` (the questions) and `facts` (each example's declared facts, or None) feed fact_recall and
+    answer_exact when the task asks for either (harness/facts.py)."""
+    from harness.facts import fact_scores
     from harness.rules import check_all
 
     per_example = []
-    for refs, out in zip(targets, outputs):
+    want_facts = any(m in FACT_METRICS for m in metrics)
+    for i, (refs, out) in enumerate(zip(targets, outputs)):
         refs = [refs] if isinstance(refs, str) else list(refs)
         record = {"exact_match": max(int(normalize_answer(out) == normalize_answer(r)) for r in refs),
                   "token_f1": max(token_f1(out, r) for r in refs)}
+        if want_facts:
+            record.update(fact_scores(out, refs, inputs[i] if inputs else "", facts[i] if facts else None))
         if "chrf" in metrics:
             record["chrf"] = chrf(out, refs)
         if "rouge_l" in metrics:
@@ -324,7 +333,8 @@ def retrieval_metrics(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[s
 
 def score(task_type: str, targets: Sequence[Any], outputs: Sequence[str], *, labels: Sequence[str] = (),
           label_text: Mapping[str, str] | None = None, fields: Sequence[str] = (), schema: Mapping | None = None,
-          rules: Sequence[Mapping] = (), metrics: Sequence[str] = ()) -> dict:
+          rules: Sequence[Mapping] = (), metrics: Sequence[str] = (), inputs: Sequence[str] | None = None,
+          facts: Sequence[Sequence[Any] | None] | None = None) -> dict:
     """Score aligned targets and raw model outputs for one strategy. Returns metrics, per-example scores
     (same order as the inputs) and details (confusion matrix, per-label or per-field breakdown)."""
     if len(targets) != len(outputs):
@@ -334,5 +344,13 @@ def score(task_type: str, targets: Sequence[Any], outputs: Sequence[str], *, lab
     if task_type == "extraction":
         return score_extraction(fields, targets, outputs, schema)
     if task_type == "generation":
-        return score_generation(targets, outputs, rules, metrics)
+        return score_generation(targets, outputs, rules, metrics, inputs, facts)
     raise ValueError(f"unknown task type {task_type!r}")
+
+
+def score_examples(task, examples: Sequence[Any], outputs: Sequence[str]) -> dict:
+    """`score` for examples of a task (harness.task.Task): its labels, fields, schema, rules and metrics, and the
+    examples' inputs and declared facts."""
+    return score(task.type, [ex.target for ex in examples], outputs, labels=task.labels, label_text=task.label_text,
+                 fields=task.fields, schema=task.schema, rules=task.rules, metrics=task.metrics,
+                 inputs=[ex.input for ex in examples], facts=[ex.meta.get("facts") for ex in examples])

@@ -36,7 +36,7 @@ SPLITS = ("train", "heldout", "dev", "knowledge", "control")
 REQUIRED_SPLITS = ("train", "heldout")
 DEFAULT_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generation": "token_f1"}
 TASK_KEYS = {"name", "type", "description", "instruction", "labels", "label_text", "fields", "metric", "metrics",
-             "rules", "schema", "judge", "splits", "columns", "allow_overlap", "data_root"}
+             "rules", "schema", "judge", "splits", "columns", "allow_overlap", "data_root", "stop", "max_sentences"}
 # Metrics that need something declared in task.yaml, or computed by the runner with a model
 NEEDS = {"rules_pass": "rules", "schema_valid_rate": "schema", "judge_pass": "judge"}
 DATA_ROOT_ENV = "HARNESS_DATA_ROOT"
@@ -78,6 +78,8 @@ class Task:
     cut_inputs: tuple[str, ...] = ()           # ids whose input was longer than the load's max_input_chars (cut)
     max_input_chars: int | None = None         # that limit
     shared_ids: tuple[str, ...] = ()           # ids used in both train and held-out (usually a data bug; warned)
+    stop: tuple[str, ...] = ()                 # generation ends at any of these strings (e.g. "\n")
+    max_sentences: int | None = None           # generation ends after this many sentences (short-answer tasks)
 
     @property
     def train(self) -> tuple[Example, ...]:
@@ -89,6 +91,10 @@ class Task:
 
     def split(self, name: str) -> tuple[Example, ...]:
         return self.splits.get(name, ())
+
+    def answer_settings(self) -> dict:
+        """How generated answers end (stop strings, sentence limit): part of every arm's fingerprint when set."""
+        return {k: v for k, v in (("stop", list(self.stop)), ("max_sentences", self.max_sentences)) if v}
 
     def text_of(self, label: str) -> str:
         """The readable text shown to (and scored by) the model for a label."""
@@ -197,10 +203,11 @@ class _Spec:
         if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root.strip()):
             raise TaskError("must be a folder path (relative to the task folder)", file=path, field="data_root")
         columns = raw.get("columns") or {}
-        if not isinstance(columns, dict) or set(columns) - {"id", "input", "target", "doc_ids"}:
-            raise TaskError("must map id / input / target / doc_ids to your file's column names", file=path,
+        if not isinstance(columns, dict) or set(columns) - {"id", "input", "target", "doc_ids", "facts"}:
+            raise TaskError("must map id / input / target / doc_ids / facts to your file's column names", file=path,
                             field="columns")
-        self.columns = {"id": "id", "input": "input", "target": "target", "doc_ids": "doc_ids", **columns}
+        self.columns = {"id": "id", "input": "input", "target": "target", "doc_ids": "doc_ids", "facts": "facts",
+                        **columns}
         if self.metric not in _metric_names(self.type):
             raise TaskError(f"unknown metric {self.metric!r} for {self.type} (choose from "
                             f"{', '.join(_metric_names(self.type))})", file=path, field="metric")
@@ -213,6 +220,7 @@ class _Spec:
                                 f"{', '.join(_metric_names(self.type))})", file=path, field="metrics")
         self.metrics = tuple(dict.fromkeys([self.metric, *map(str, metrics)]))
         self.rules = load_rules(raw.get("rules"), path)
+        self._answer_end(raw)
         self.schema = self._schema(raw.get("schema"))
         self.judge_raw = raw.get("judge")
         if self.judge_raw is not None and (not isinstance(self.judge_raw, dict) or not str(
@@ -223,6 +231,21 @@ class _Spec:
             need = NEEDS.get(m)
             if need and not getattr(self, need if need != "judge" else "judge_raw"):
                 raise TaskError(f"metric {m!r} needs `{need}:` in task.yaml", file=path, field="metrics")
+
+    def _answer_end(self, raw: dict) -> None:
+        """`stop:` (strings that end a generated answer) and `max_sentences:` (a sentence limit), generation only."""
+        stop, most = raw.get("stop"), raw.get("max_sentences")
+        for key, value in (("stop", stop), ("max_sentences", most)):
+            if value is not None and self.type != "generation":
+                raise TaskError(f"only generation tasks end answers early (type is {self.type})", file=self.path,
+                                field=key)
+        stop = [stop] if isinstance(stop, str) else stop
+        if stop is not None and (not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop)):
+            raise TaskError('must be a list of non-empty strings, e.g. ["\\n"]', file=self.path, field="stop")
+        self.stop = tuple(stop or ())
+        if most is not None and (isinstance(most, bool) or not isinstance(most, int) or most < 1):
+            raise TaskError(f"must be a positive whole number, got {most!r}", file=self.path, field="max_sentences")
+        self.max_sentences = most
 
     def _schema(self, value: Any) -> Mapping[str, Any] | None:
         if value is None:
@@ -254,7 +277,7 @@ def _metric_names(task_type: str) -> tuple[str, ...]:
             "extraction": ("field_f1", "field_accuracy", "record_exact_match", "valid_json_rate",
                            "schema_valid_rate"),
             "generation": ("exact_match", "token_f1", "chrf", "rouge_l", "embedding_cosine", "rules_pass",
-                           "judge_pass")}[task_type]
+                           "judge_pass", "fact_recall", "answer_exact")}[task_type]
 
 
 def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Example:
@@ -314,10 +337,25 @@ def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Examp
         else:
             target = str(target)
     meta = {k: v for k, v in rec.items() if k not in (cols["id"], cols["input"], cols["target"])}
+    facts = rec.get(cols["facts"])  # declared facts of the answer (harness/facts.py)
+    if facts is not None and spec.type == "generation":  # other task types keep such a field as metadata
+        if not _valid_facts(facts):
+            raise TaskError('must be a non-empty list of facts, each a phrase or a list of acceptable phrasings '
+                            '(e.g. ["27 days", ["Lantern", "the HR portal"]])', file=path, line=line,
+                            field=cols["facts"])
+        meta["facts"] = facts
     gold = rec.get(cols["doc_ids"])  # ids of the knowledge documents that hold the answer (retrieval recall)
     if gold not in (None, "", []):
         meta["doc_ids"] = [str(gold)] if isinstance(gold, (str, int)) else [str(g) for g in gold]
     return Example(ex_id, text, target, line, _freeze(meta))
+
+
+def _valid_facts(facts: Any) -> bool:
+    def phrase(x: Any) -> bool:
+        return isinstance(x, str) and bool(x.strip())
+
+    return isinstance(facts, list) and bool(facts) and all(
+        phrase(f) or (isinstance(f, list) and f and all(map(phrase, f))) for f in facts)
 
 
 SAMPLING = ("first", "stratified")
@@ -494,7 +532,8 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
                 description=spec.description, overlap=overlap, metrics=spec.metrics, rules=spec.rules,
                 schema=_freeze(spec.schema) if spec.schema is not None else None,
                 judge=_judge(spec, directory), cut_inputs=tuple(dict.fromkeys(cut)), max_input_chars=max_input_chars,
-                shared_ids=tuple(ex.id for ex in splits["heldout"] if ex.id in train_ids))
+                shared_ids=tuple(ex.id for ex in splits["heldout"] if ex.id in train_ids),
+                stop=spec.stop, max_sentences=spec.max_sentences)
 
 
 def _labels_as_written(text: str, labels: list | dict) -> list | dict:

@@ -160,7 +160,7 @@ class LoRA:
         return [(p, target_text(self.task, ex.target)) for p, ex in zip(prompts, examples)]
 
     def _dev_metric(self, dev: Sequence[Example]):
-        from harness.scoring import score
+        from harness.scoring import score_examples
 
         prompts, _, _ = self.prompts.build(dev, exclude_self=True)
 
@@ -169,9 +169,7 @@ class LoRA:
             preds = inference.predict(self.task, tuned, dev, prompts, decode=self.mode,
                                       max_new_tokens=self.new_tokens)
             tuned.model.train()
-            result = score(self.task.type, [ex.target for ex in dev], [p.output for p in preds],
-                           labels=self.task.labels, label_text=self.task.label_text, fields=self.task.fields,
-                           schema=self.task.schema, rules=self.task.rules, metrics=self.task.metrics)
+            result = score_examples(self.task, dev, [p.output for p in preds])
             return result["metrics"][self.task.metric]
         return metric
 

@@ -24,6 +24,10 @@ if TYPE_CHECKING:  # the retriever is built by Hydra from the arm's config and h
     from harness.retriever import Retriever
 
 MODES = ("auto", "knowledge", "demonstrations")
+# Knowledge mode: where the passages go. `system`: after the instruction, before the answer-format demonstrations,
+# so the question turn has the shape of every demonstration turn and the model answers at their length; `question`:
+# in the question's turn, after demonstrations shown without passages (the model tends to go on until the limit).
+LAYOUTS = ("system", "question")
 CONTEXT_HEADER = "Reference passages (cite nothing else):"
 
 
@@ -44,9 +48,12 @@ class RetrievalPrompts:
     """Builds retrieval-augmented prompts for a task: knowledge passages or nearest-neighbour demonstrations."""
 
     def __init__(self, retriever: Retriever, mode: str, k: int, budget_tokens: int, template: PromptTemplate,
-                 arm: str, shots: int = 0):
+                 arm: str, shots: int = 0, layout: str = "question"):
         if mode not in MODES:
             raise ConfigError(f"must be one of {', '.join(MODES)}, got {mode!r}", field=f"strategies.{arm}.mode")
+        if layout not in LAYOUTS:
+            raise ConfigError(f"must be one of {', '.join(LAYOUTS)}, got {layout!r}", field=f"strategies.{arm}.layout")
+        self.layout = layout
         if k < 1:
             raise ConfigError(f"must be ≥ 1, got {k}", field=f"strategies.{arm}.k")
         self.retriever, self.mode, self.k, self.budget, self.template, self.arm = retriever, mode, k, budget_tokens, \
@@ -56,7 +63,9 @@ class RetrievalPrompts:
     def describe(self) -> dict:
         return {"mode": self.mode, "k": self.k, "budget_tokens": self.budget, "shots": self.shots,
                 "retriever": self.retriever.describe(),
-                "template": {"system": self.template.system, "user": self.template.user}}
+                "template": {"system": self.template.system, "user": self.template.user},
+                # named when not the layout every earlier run had, so their fingerprints and adapters stay valid
+                **({"layout": self.layout} if self.layout != "question" else {})}
 
     def prepare(self, ctx: PrepareContext) -> dict:
         task = self.task = ctx.task
@@ -99,7 +108,9 @@ class RetrievalPrompts:
                 kept, dropped = pack_passages([(p.id, p.text, s) for p, s in found], self.lm.count_tokens, self.budget)
                 context = CONTEXT_HEADER + "\n\n" + "\n\n".join(f"[{pid}] {text}" for pid, text, _ in kept)
                 demos = [d for d in self.demos if d.id != ex.id]
-                messages = build_messages(self.task, self.template, ex, demos, context=context)
+                messages = (build_messages(self.task, self.template, ex, demos, system_context=context)
+                            if self.layout == "system" else build_messages(self.task, self.template, ex, demos,
+                                                                           context=context))
                 packed = {pid for pid, _, _ in kept}
                 retrieved.append([{"id": p.id, "doc_id": p.doc_id, "score": round(s, 5), "packed": p.id in packed}
                                   for p, s in found])
@@ -119,11 +130,11 @@ class Retrieval:
 
     def __init__(self, retriever: Retriever, mode: str = "auto", k: int = 5, budget_tokens: int = 1024,
                  shots: int = 0, decode: str = "auto", max_new_tokens: int | str = "auto",
-                 template: dict | None = None,
+                 template: dict | None = None, layout: str = "question",
                  name: str = "retrieval"):
         self.name, self.decode, self.max_new_tokens = name, decode, max_new_tokens
         self.prompts = RetrievalPrompts(retriever, mode, int(k), int(budget_tokens), template_from_config(template),
-                                        name, shots)
+                                        name, shots, layout)
 
     def describe(self) -> dict:
         return {"kind": "retrieval", **self.prompts.describe(), "decode": self.decode,

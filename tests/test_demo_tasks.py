@@ -1,5 +1,5 @@
-"""The three generation-shaped demo tasks run offline end to end with their declared metrics in the table: a short
-run of each on the packaged model through the llama.cpp backend (fast CPU generation)."""
+"""The generation-shaped demo tasks run offline end to end with their declared metrics in the table: a short run of
+each on the packaged model through the llama.cpp backend (fast CPU generation)."""
 
 import json
 
@@ -13,6 +13,7 @@ TASKS = {
     "supplier_intake": {"field_f1", "field_accuracy", "record_exact_match", "valid_json_rate", "schema_valid_rate"},
     "brand_rewrite": {"chrf", "rouge_l", "embedding_cosine", "rules_pass", "token_f1"},
     "case_summary": {"rouge_l", "chrf", "embedding_cosine", "rules_pass"},
+    "hr_policy_qa": {"fact_recall", "answer_exact", "token_f1"},  # short answers: stop at a line, one sentence
 }
 
 

@@ -46,3 +46,18 @@ def test_llamacpp_generates_a_form_on_the_extraction_task(backends):
     prompt = lc.render(build_messages(task, PromptTemplate(), task.heldout[0], pick_demos(task, 2, 0)))
     gen = lc.generate([prompt], 96)[0]
     assert gen.output_tokens > 0 and gen.input_tokens == lc.count_tokens(prompt) and not gen.truncated
+
+
+def test_llamacpp_ends_answers_as_transformers_does(backends):
+    """Stop strings and the sentence limit end a llama.cpp completion where they end a transformers one, and it
+    stops generating there (fewer tokens than the same prompt without them)."""
+    hf, lc = backends
+    task = load_task("tasks/hr_policy_qa")
+    demos = pick_demos(task, 3, 0)
+    prompts = [hf.render(build_messages(task, PromptTemplate(), ex, demos)) for ex in task.heldout[:4]]
+    free = lc.generate(prompts, 48)
+    ended = lc.generate(prompts, 48, stop=["\n"], max_sentences=1)
+    assert [g.text for g in ended] == [g.text for g in hf.generate(prompts, 48, stop=["\n"], max_sentences=1)]
+    for f, e in zip(free, ended):
+        assert "\n" not in e.text and f.text.startswith(e.text) and e.output_tokens <= f.output_tokens
+    assert sum(e.output_tokens for e in ended) < sum(f.output_tokens for f in free)

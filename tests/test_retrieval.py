@@ -118,6 +118,25 @@ def test_knowledge_mode_end_to_end_on_a_tiny_model(tiny_model, retriever, tmp_pa
     assert preds[0].usage["retrieval_s"] > 0 and preds[0].usage["passages_dropped"] == 0
 
 
+def test_system_layout_puts_passages_before_the_demonstrations(tiny_model, retriever, tmp_path):
+    """layout=system: instruction + passages, then the answer-format demonstration turn, then the question turn,
+    which holds the question alone, as the demonstration's turn does."""
+    task = _knowledge_task(tmp_path / "task")
+    lm = TransformersLM(str(tiny_model))
+    strategy = Retrieval(retriever, mode="knowledge", k=2, budget_tokens=400, shots=1, max_new_tokens=4,
+                         layout="system")
+    strategy.prepare(PrepareContext(task, lm, tmp_path, tmp_path / "cache", 0, _no_bars))
+    prompt = strategy.predict(task.heldout[:1])[0].prompt
+    turns = prompt.split("<|im_start|>")[1:]
+    assert [t.split("\n", 1)[0] for t in turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert "Reference passages" in turns[0] and "[leave]" in turns[0] and "carry over six days" in turns[0]
+    assert turns[1].startswith("user\n") and "(asked in train)" in turns[1]
+    assert turns[3] == "user\nHow many leave days carry over?<|im_end|>\n"
+    assert strategy.describe()["layout"] == "system" and "layout" not in Retrieval(retriever).describe()
+    with pytest.raises(ConfigError, match="layout"):
+        Retrieval(retriever, layout="middle")
+
+
 def test_knowledge_mode_without_a_knowledge_split_is_refused(tiny_model, retriever, tmp_path):
     task = load_task(ROOT / "tasks" / "tiny")
     strategy = Retrieval(retriever, mode="knowledge")
