@@ -11,6 +11,8 @@ from harness import decide
 from harness.errors import ConfigError, HarnessError
 from harness.results import read_json, write_json
 
+RECORD_ONLY = ("review_after_months",)  # decision settings that are not the verdict rule's
+
 
 def read_run_file(path: Path) -> Any:
     """A JSON file of a results folder; a missing or broken one is a one-line HarnessError."""
@@ -46,7 +48,7 @@ def evidence(run_dir: Path, comparison: Mapping) -> decide.Evidence:
 
 def settings(raw: Mapping | None, seed: int) -> decide.Settings:
     raw = dict(raw or {})
-    known = set(decide.Settings.__dataclass_fields__) - {"seed"}
+    known = set(decide.Settings.__dataclass_fields__) - {"seed"} | set(RECORD_ONLY)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})",
@@ -60,6 +62,8 @@ def settings(raw: Mapping | None, seed: int) -> decide.Settings:
         raise ConfigError("use at least 100 bootstrap resamples (1000 or more for reporting)",
                           field="decision.resamples")
     raw["resamples"] = int(raw.get("resamples", 2000))
+    for key in RECORD_ONLY:  # read by the decision record (harness/record.py), not by the rule
+        raw.pop(key, None)
     return decide.Settings(**raw, seed=seed)
 
 

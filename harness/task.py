@@ -35,7 +35,8 @@ SPLITS = ("train", "heldout", "dev", "knowledge", "control")
 REQUIRED_SPLITS = ("train", "heldout")
 DEFAULT_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generation": "token_f1"}
 TASK_KEYS = {"name", "type", "description", "instruction", "labels", "label_text", "fields", "metric", "metrics",
-             "rules", "schema", "judge", "splits", "columns", "allow_overlap", "data_root"}
+             "rules", "schema", "judge", "splits", "columns", "allow_overlap", "data_root",
+             "slices"}
 # Metrics that need something declared in task.yaml, or computed by the runner with a model
 NEEDS = {"rules_pass": "rules", "schema_valid_rate": "schema", "judge_pass": "judge"}
 DATA_ROOT_ENV = "HARNESS_DATA_ROOT"
@@ -74,6 +75,7 @@ class Task:
     rules: tuple[Mapping[str, Any], ...] = ()  # output rules (harness/rules.py)
     schema: Mapping[str, Any] | None = None    # JSON Schema of an extraction answer
     judge: Mapping[str, Any] | None = None     # {rubric, marked: [hand-marked examples]} for an LLM judge
+    slices: tuple[str, ...] = ()               # metadata fields of held-out examples to break results down by
 
     @property
     def train(self) -> tuple[Example, ...]:
@@ -209,6 +211,11 @@ class _Spec:
                                 f"{', '.join(_metric_names(self.type))})", file=path, field="metrics")
         self.metrics = tuple(dict.fromkeys([self.metric, *map(str, metrics)]))
         self.rules = load_rules(raw.get("rules"), path)
+        slices = raw.get("slices") or []
+        if not isinstance(slices, list) or not all(isinstance(f, str) and f.strip() for f in slices):
+            raise TaskError("must be a list of metadata field names of the held-out examples (e.g. [region])",
+                            file=path, field="slices")
+        self.slices = tuple(slices)
         self.schema = self._schema(raw.get("schema"))
         self.judge_raw = raw.get("judge")
         if self.judge_raw is not None and (not isinstance(self.judge_raw, dict) or not str(
@@ -431,6 +438,11 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
     train_inputs = {normalize_text(ex.input): ex for ex in splits["train"]}
     overlap = tuple((ex.id, train_inputs[normalize_text(ex.input)].id) for ex in splits["heldout"]
                     if normalize_text(ex.input) in train_inputs)
+    for name in spec.slices:  # every held-out example names its slice
+        missing = next((ex for ex in splits["heldout"] if ex.meta.get(name) in (None, "")), None)
+        if missing is not None:
+            raise TaskError(f"missing slice value (task.yaml declares slices: [{', '.join(spec.slices)}])",
+                            file=files["heldout"], line=missing.line, field=name)
     allowed = spec.allow_overlap if allow_overlap is None else allow_overlap
     if overlap and not allowed:
         first = next(ex for ex in splits["heldout"] if ex.id == overlap[0][0])
@@ -445,7 +457,7 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
                 label_text=MappingProxyType(spec.label_text), fields=spec.fields,
                 description=spec.description, overlap=overlap, metrics=spec.metrics, rules=spec.rules,
                 schema=_freeze(spec.schema) if spec.schema is not None else None,
-                judge=_judge(spec, directory))
+                judge=_judge(spec, directory), slices=spec.slices)
 
 
 def _judge(spec: _Spec, directory: Path) -> Mapping[str, Any] | None:
