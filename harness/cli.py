@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -30,6 +31,9 @@ def _register_resolvers() -> None:
 # At import, not in main(): the workers of the joblib and submitit launchers import this module to unpickle `run`
 # and resolve the job's results folder before calling it.
 _register_resolvers()
+# conf/hydra/launcher/joblib.yaml and submitit_local.yaml deliberately carry the plugins' own names, so Hydra
+# validates them against the plugins' schemas (and warns that it does); that check is what we want.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
 
 
 class JobFailed(Exception):
@@ -182,5 +186,9 @@ def main() -> None:
     run()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m harness.cli`: run the importable module's main, as the `harness` script
+    # does, so that launcher workers unpickle `harness.cli.run` by reference (and import this module) rather than
+    # a copy of __main__'s function
+    from harness.cli import main as _main
+
+    _main()
