@@ -122,14 +122,18 @@ class MLflowTracker:
                    ("choice", "fine_tuning_justified", "status", "summary")}}
         if parent:
             tags["mlflow.parentRunId"] = parent
+        params = [Param(_name(k)[:250], str(v)[:6000]) for k, v in _flatten(run.get("config") or {}).items()]
         record = run_dir / "tracking.json"
         run_id = self._reusable(record, experiment_id)
+        if run_id is not None:  # MLflow params are immutable: a rerun with other settings becomes a new run
+            logged = self.client.get_run(run_id).data.params
+            if any(logged.get(p.key, p.value) != p.value for p in params):
+                run_id = None
         if run_id is None:
             name = f"{comparison['task']} {run_dir.name}"
             run_id = self.client.create_run(experiment_id, tags={"mlflow.runName": name}).info.run_id
             write_json(record, {"tracking_uri": self.uri, "experiment_id": experiment_id, "run_id": run_id,
                                 "parent_run_id": parent})
-        params = [Param(_name(k)[:250], str(v)[:6000]) for k, v in _flatten(run.get("config") or {}).items()]
         metrics = [Metric(_name(k), v, 0, 0) for k, v in self._metrics(comparison).items()]
         tag_list = [RunTag(k, v) for k, v in tags.items()]
         for i in range(0, max(len(params), len(metrics), 1), 100):  # MLflow takes at most 100 params per call

@@ -7,6 +7,7 @@ import json
 
 import mlflow
 
+from harness.tracking import MLflowTracker
 from tests.test_sweep import TINY, _model, harness
 
 
@@ -42,6 +43,18 @@ def test_multirun_logs_a_parent_and_child_runs_to_a_real_mlflow_store(tiny_model
         assert {"comparison.json", "report.html", "run.json", "training"} <= artifacts
         assert [a.path for a in mlflow.MlflowClient(uri).list_artifacts(child["run_id"], "training/lora")] == \
             ["training/lora/training.json"]
+    # logging a folder again reuses its MLflow run; other settings (params are immutable in MLflow) make a new one
+    job = out / "0"
+    first = json.loads((job / "tracking.json").read_text())["run_id"]
+    MLflowTracker(uri, "tiny-sweep").log_run(job)
+    assert json.loads((job / "tracking.json").read_text())["run_id"] == first
+    run = json.loads((job / "run.json").read_text())
+    run["config"]["decision"]["tolerance"] = 0.02
+    (job / "run.json").write_text(json.dumps(run))
+    MLflowTracker(uri, "tiny-sweep").log_run(job)
+    second = json.loads((job / "tracking.json").read_text())["run_id"]
+    assert second != first and mlflow.get_run(second).data.params["decision.tolerance"] == "0.02"
+    assert len(mlflow.search_runs(experiment_names=["tiny-sweep"])) == 4
 
 
 def test_a_tracking_failure_is_one_warning_and_the_run_is_kept(tiny_model, tmp_path):
