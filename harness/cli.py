@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import display, sweep
+from harness import display
 from harness.errors import HarnessError
 from harness.results import write_json
 
@@ -46,6 +46,7 @@ def _multirun() -> bool:
 
 @hydra.main(config_path=str(ROOT / "conf"), config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> None:
+    from harness import sweep
     from harness.runner import Runner  # after Hydra has parsed the command line: `--help` stays fast
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
