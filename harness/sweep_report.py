@@ -65,7 +65,8 @@ def markdown(report: Mapping, figures: Mapping[str, str]) -> str:
     for r in report["rows"]:
         over = "".join(f"{r['overrides'].get(k)} | " for k in keys)
         if r.get("error") or r.get("arm") is None:
-            lines.append(f"| {r['job']} | {over}{r.get('arm') or '–'} | {r['status']}: {r.get('error') or 'no results yet'} | | | |")
+            error = str(r.get("error") or "no results yet").replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {r['job']} | {over}{r.get('arm') or '–'} | {r['status']}: {error} | | | |")
             continue
         point = {"value": r["value"], "ci": r["ci"]} if r.get("ci") else None
         lines.append(f"| {r['job']} | {over}{r['arm']} | {cell(point) if point else fmt(r['value'])} | "
