@@ -12,6 +12,8 @@ from harness import decide
 from harness.errors import ConfigError, HarnessError
 from harness.results import read_json, write_json
 
+RECORD_ONLY = ("review_after_months",)  # decision settings that are not the verdict rule's
+
 
 def read_run_file(path: Path) -> Any:
     """A JSON file of a results folder; a missing or broken one is a one-line HarnessError."""
@@ -63,7 +65,7 @@ def settings(raw: Mapping | None, seed: int) -> decide.Settings:
         raw["margin"] = old["tolerance"]
     elif "margin" not in raw and "meaningful_difference" in old:
         raw["margin"] = old["meaningful_difference"]
-    known = set(decide.Settings.__dataclass_fields__) - {"seed"}
+    known = set(decide.Settings.__dataclass_fields__) - {"seed"} | set(RECORD_ONLY)
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})",
@@ -79,6 +81,8 @@ def settings(raw: Mapping | None, seed: int) -> decide.Settings:
         raise ConfigError("use at least 100 bootstrap resamples (1000 or more for reporting)",
                           field="decision.resamples")
     raw["resamples"] = int(raw.get("resamples", 2000))
+    for key in RECORD_ONLY:  # read by the decision record (harness/record.py), not by the rule
+        raw.pop(key, None)
     return decide.Settings(**raw, seed=seed)
 
 

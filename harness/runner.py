@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
-from harness import cost, datachecks, display, forgetting, judge, provenance, report, rundata, scoring
+from harness import cost, datachecks, display, forgetting, judge, provenance, report, rundata, scoring, tracking
 from harness.errors import ConfigError, HarnessError
 from harness.results import PredictionLog, read_json, write_json
 from harness.strategy import PrepareContext
@@ -252,6 +252,7 @@ class Runner:
             report.write_reports(self.run_dir)
         except HarnessError as e:
             display.error(f"decision not made: {e}")
+        tracking.track(cfg, self.run_dir)  # optional (tracking=mlflow); a failure is one warning
         return comparison
 
     def _limits(self, task: Task) -> dict:

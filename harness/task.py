@@ -36,7 +36,8 @@ SPLITS = ("train", "heldout", "dev", "knowledge", "control")
 REQUIRED_SPLITS = ("train", "heldout")
 DEFAULT_METRIC = {"classification": "accuracy", "extraction": "field_f1", "generation": "token_f1"}
 TASK_KEYS = {"name", "type", "description", "instruction", "labels", "label_text", "fields", "metric", "metrics",
-             "rules", "schema", "judge", "splits", "columns", "allow_overlap", "data_root", "stop", "max_sentences"}
+             "rules", "schema", "judge", "splits", "columns", "allow_overlap", "data_root", "stop", "max_sentences",
+             "slices"}
 # Metrics that need something declared in task.yaml, or computed by the runner with a model
 NEEDS = {"rules_pass": "rules", "schema_valid_rate": "schema", "judge_pass": "judge"}
 DATA_ROOT_ENV = "HARNESS_DATA_ROOT"
@@ -80,6 +81,7 @@ class Task:
     shared_ids: tuple[str, ...] = ()           # ids used in both train and held-out (usually a data bug; warned)
     stop: tuple[str, ...] = ()                 # generation ends at any of these strings (e.g. "\n")
     max_sentences: int | None = None           # generation ends after this many sentences (short-answer tasks)
+    slices: tuple[str, ...] = ()               # metadata fields of held-out examples to break results down by
 
     @property
     def train(self) -> tuple[Example, ...]:
@@ -221,6 +223,11 @@ class _Spec:
         self.metrics = tuple(dict.fromkeys([self.metric, *map(str, metrics)]))
         self.rules = load_rules(raw.get("rules"), path)
         self._answer_end(raw)
+        slices = raw.get("slices") or []
+        if not isinstance(slices, list) or not all(isinstance(f, str) and f.strip() for f in slices):
+            raise TaskError("must be a list of metadata field names of the held-out examples (e.g. [region])",
+                            file=path, field="slices")
+        self.slices = tuple(slices)
         self.schema = self._schema(raw.get("schema"))
         self.judge_raw = raw.get("judge")
         if self.judge_raw is not None and (not isinstance(self.judge_raw, dict) or not str(
@@ -517,6 +524,11 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
     train_ids = {ex.id for ex in splits["train"]}
     overlap = tuple((ex.id, train_inputs[normalize_text(ex.input)].id) for ex in splits["heldout"]
                     if normalize_text(ex.input) in train_inputs)
+    for name in spec.slices:  # every held-out example names its slice
+        missing = next((ex for ex in splits["heldout"] if ex.meta.get(name) in (None, "")), None)
+        if missing is not None:
+            raise TaskError(f"missing slice value (task.yaml declares slices: [{', '.join(spec.slices)}])",
+                            file=files["heldout"], line=missing.line, field=name)
     allowed = spec.allow_overlap if allow_overlap is None else allow_overlap
     if overlap and not allowed:
         first = next(ex for ex in splits["heldout"] if ex.id == overlap[0][0])
@@ -533,7 +545,7 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
                 schema=_freeze(spec.schema) if spec.schema is not None else None,
                 judge=_judge(spec, directory), cut_inputs=tuple(dict.fromkeys(cut)), max_input_chars=max_input_chars,
                 shared_ids=tuple(ex.id for ex in splits["heldout"] if ex.id in train_ids),
-                stop=spec.stop, max_sentences=spec.max_sentences)
+                stop=spec.stop, max_sentences=spec.max_sentences, slices=spec.slices)
 
 
 def _labels_as_written(text: str, labels: list | dict) -> list | dict:
