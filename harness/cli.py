@@ -280,8 +280,9 @@ def _record(argv: list[str]) -> int:
 
     rec = record.write(args.run_dir, args.review_after_months)
     verdict = rec["verdict"]
-    display.console.print(f"decision: {verdict['choice']} (fine-tuning justified: {verdict['fine_tuning_justified']})"
-                          f"; review by {rec['review_by']}")
+    justified = {True: "yes", False: "no"}.get(verdict["fine_tuning_justified"], "cannot tell from this run")
+    display.console.print(f"decision: {verdict['choice']} (fine-tuning justified: {justified}); review by "
+                          f"{rec['review_by']}")
     display.console.print(f"decision record: {args.run_dir / 'decision_record.md'}")
     return 0
 
