@@ -66,9 +66,11 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
     def monthly(arm: str) -> str:
         return money(priced[arm]["monthly_total"], cur) + "/month"
 
-    def versus(arm: str) -> str:
-        r = relations[arm]
-        return (f"difference {r['difference']:+.3f}, one-sided {conf} bounds [{r['lower']:+.3f}, {r['upper']:+.3f}],"
+    def versus(arm: str, flip: bool = False) -> str:
+        """The paired difference `arm − best`; flipped (`best − arm`) where the sentence names the best first."""
+        r, sign = relations[arm], -1 if flip else 1
+        low, high = sorted((sign * r["lower"], sign * r["upper"]))
+        return (f"difference {sign * r['difference']:+.3f}, one-sided {conf} bounds [{low:+.3f}, {high:+.3f}],"
                 f" Holm {_p(r['p_holm'])}")
 
     selectable_tuned = [a for a in selectable if priced[a]["fine_tuned"]]
@@ -83,7 +85,8 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
            f"cheaper in total")
     parts = [_open_sentence(still_open[0], relations, best, show, monthly, s, conf, power["n"])] if still_open else []
     if not comparable:
-        parts.append(_cannot_tell(tuned, selectable_tuned, selectable, choice))
+        plain_broken = [a for a in names if a not in tuned and failures[a].get("broken")]
+        parts.append(_cannot_tell(tuned, selectable_tuned, selectable, choice, plain_broken))
         parts.append(f"Choose {choice} at {monthly(choice)}: {why}." if not still_open else
                      f"Until it is settled, choose {choice} at {monthly(choice)}: {why}.")
     elif still_open:
@@ -163,11 +166,15 @@ def _open_sentence(arm, relations, best, show, monthly, s, conf, n) -> str:
     return head + " It cannot be settled: the observed difference is beyond the margin."
 
 
-def _cannot_tell(tuned, selectable_tuned, selectable, choice) -> str:
+def _cannot_tell(tuned, selectable_tuned, selectable, choice, plain_broken) -> str:
     if not tuned:
         return "No fine-tuned arm ran, so this run cannot say whether fine-tuning pays."
     if not selectable_tuned:
         return "Every fine-tuned arm is broken, so this run cannot say whether fine-tuning pays."
+    if plain_broken:
+        return (f"Every arm without fine-tuning is broken ({', '.join(plain_broken)}: too many failed or invalid "
+                f"outputs), so this run cannot tell whether fine-tuning is justified; fix their output format or raise "
+                f"decision.max_failure_rate if such failures are acceptable.")
     if len(selectable) == 1:
         return (f"This run measured one arm that can be chosen ({choice}) and nothing without fine-tuning to compare "
                 f"it with, so it cannot tell whether fine-tuning is justified.")
@@ -182,7 +189,7 @@ def _decided(choice, best, best_plain, selectable_tuned, relations, breakeven, s
             r = relations[best_plain]
             if r["relation"] == "worse":
                 return (f"Fine-tuning is justified: {show(choice)} is significantly better on {primary} than the best "
-                        f"arm without fine-tuning, {show(best_plain)} ({versus(best_plain)}), at {monthly(choice)} "
+                        f"arm without fine-tuning, {show(best_plain)} ({versus(best_plain, flip=True)}), at {monthly(choice)} "
                         f"against {monthly(best_plain)} at {at} requests/month.")
             return (f"Fine-tuning is justified at {at} requests/month: {show(choice)} is the best on {primary}; "
                     f"{best_plain} is {relation_text(r['relation'], margin)} it but costs more ({monthly(best_plain)} "

@@ -105,6 +105,10 @@ def test_superiority_of_fine_tuning():
     assert d["best"] == "lora" and d["against_best"]["rag"]["relation"] == "worse"
     assert v["choice"] == "lora" and v["fine_tuning_justified"] is True and v["status"] == "decided"
     assert v["summary"].startswith("Fine-tuning is justified: lora")
+    # the sentence names lora first ("lora is better than rag"), so the difference it quotes is lora − rag > 0
+    r = d["against_best"]["rag"]
+    assert f"difference {-r['difference']:+.3f}" in v["summary"] and -r["difference"] > 0
+    assert f"bounds [{-r['upper']:+.3f}, {-r['lower']:+.3f}]" in v["summary"]
 
 
 def test_equivalence_within_the_margin_picks_the_cheaper_fine_tuned_arm_on_cost():
@@ -174,6 +178,16 @@ def test_a_broken_arm_is_reported_but_never_chosen():
     assert v["fine_tuning_justified"] is None  # its only fine-tuned arm is broken: the run cannot tell
     loose = decide.decide(ev, CFG, decide.Settings(resamples=1000, max_failure_rate=0.2))
     assert loose["verdict"]["choice"] == "lora"
+
+
+def test_when_every_arm_without_fine_tuning_is_broken_the_verdict_says_so():
+    n = 100
+    rag, lora = _pair(n, 40, 20, 0)  # rag ahead, but 10% of its answers are invalid JSON-like failures
+    ev = _evidence({"rag": (rag, 10, None, range(90, 100)), "lora": (lora, 20, TRAINING)})
+    v = decide.decide(ev, CFG, FAST)["verdict"]
+    assert v["choice"] == "lora" and v["fine_tuning_justified"] is None
+    assert "Every arm without fine-tuning is broken (rag" in v["summary"]
+    assert "nothing without fine-tuning" not in v["summary"]
 
 
 def test_every_arm_broken_or_failed_wholesale_leaves_no_choice():
