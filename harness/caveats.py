@@ -44,21 +44,22 @@ def caveats(*, ev, s, cost_cfg, names: Sequence[str], score: Mapping[str, float]
                    f"patterns ({', '.join(f'{k} {v}' for k, v in pii['counts'].items() if v)}); review them "
                    f"before they go into a fine-tune (ids in the report).")
     for arm in dict.fromkeys([choice, *tuned]):
-        m = ev.arms[arm]["metrics"]
+        m = ev.arms[arm].metrics
         if m.get("invalid_rate"):
             out.append(f"Format failures: {arm} gave no valid label on {m['invalid_rate']:.1%} of examples.")
         if "valid_json_rate" in m and m["valid_json_rate"] < 1:
             out.append(f"Format failures: {arm} produced invalid JSON on {1 - m['valid_json_rate']:.1%} of examples.")
     for arm in tuned:
-        seen = (ev.arms[arm].get("training") or {}).get("train_examples")
+        training = ev.arms[arm].training
+        seen = training.train_examples if training else None
         if seen is not None and seen < s.few_train_examples:
             out.append(f"Few training examples: {arm} trained on {seen} (< {s.few_train_examples}); its score "
                        f"may move a lot with more or different data.")
-        spread = (ev.arms[arm].get("metrics_seed_std") or {}).get(primary)
+        spread = (ev.arms[arm].metrics_seed_std or {}).get(primary)
         if spread and arm != choice and abs(score[arm] - score[choice]) < 2 * spread:
             out.append(f"Seed spread: {arm} varies by ±{spread:.3f} between training seeds, as much as its "
                        f"difference from {choice}.")
-    truncated = [a for a in names if ev.arms[a]["usage"].get("truncated")]
+    truncated = [a for a in names if ev.arms[a].usage and ev.arms[a].usage.truncated]
     if truncated:
         out.append(f"Prompts cut to fit the context in: {', '.join(truncated)} (counted in usage.json).")
     if cost_cfg.example:

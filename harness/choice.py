@@ -19,6 +19,7 @@ import numpy as np
 
 from harness import cost as costs
 from harness import stats
+from harness.records import ArmResult
 
 QUALIFY = ("better", "equivalent", "non_inferior")
 
@@ -43,12 +44,13 @@ def relation(diffs: np.ndarray, observed: float, significant: bool, n: int, marg
             "qualifies": rel in QUALIFY, "n_needed": needed, "settle_by": how}
 
 
-def failure(arm: Mapping) -> dict:
+def failure(arm: ArmResult | Mapping) -> dict:
     """The share of an arm's held-out examples that failed: failed requests, unparseable labels, invalid JSON (the
     largest of these rates), and whether every request failed."""
-    metrics, usage = arm.get("metrics") or {}, arm.get("usage") or {}
-    n = arm.get("n") or usage.get("n") or 0
-    failed = int(usage.get("failed") or 0)
+    arm = ArmResult.of(arm)
+    metrics = arm.metrics
+    n = arm.n or (arm.usage.n if arm.usage else 0)
+    failed = arm.usage.failed if arm.usage else 0
     rates = {"failed_requests": failed / n if n else 0.0, "invalid_output": float(metrics.get("invalid_rate") or 0.0),
              "invalid_json": 1 - float(metrics["valid_json_rate"]) if "valid_json_rate" in metrics else 0.0}
     worst = max(rates, key=rates.get)
@@ -70,7 +72,7 @@ def choose(selectable: Sequence[str], best: str, relations: Mapping[str, Mapping
     return choice, eligible, still_open
 
 
-def resampled_totals(arms: Mapping[str, Mapping], samples: Mapping[str, Mapping[str, np.ndarray]],
+def resampled_totals(arms: Mapping[str, ArmResult], samples: Mapping[str, Mapping[str, np.ndarray]],
                      priced: Mapping[str, Mapping], primary: str, cfg: costs.CostConfig) -> dict[str, np.ndarray]:
     """Each arm's monthly total on every bootstrap resample, its wrong-answer cost from the resampled scores."""
     out = {}
@@ -97,7 +99,7 @@ def cheapest_odds(totals: Mapping[str, np.ndarray], choice: str) -> dict:
             "expected_regret": float((totals[choice] - matrix.min(axis=0)).mean())}
 
 
-def decision_map(arms: Mapping[str, Mapping], selectable: Sequence[str], best: str, relations: Mapping[str, Mapping],
+def decision_map(arms: Mapping[str, ArmResult], selectable: Sequence[str], best: str, relations: Mapping[str, Mapping],
                  score: Mapping[str, float], primary: str, cfg: costs.CostConfig, points: int = 36) -> dict:
     """The choice on a grid of monthly volume (10³–10⁸, log) × error cost per wrong answer (0, then log-spaced
     from a thousandth of the maximum to the maximum: twice the configured cost, at least 1 currency unit): which

@@ -73,13 +73,16 @@ def run(cfg: DictConfig) -> None:
     except OSError as e:
         display.error(os_error_line(e))
         sys.exit(1 if e.errno in NO_SPACE else 2)
+    from harness.records import Comparison
+
+    comparison = Comparison.from_json(comparison)
     display.console.print(display.comparison_table(comparison))
     panel = display.verdict_panel(comparison)
     if panel:
         display.console.print(panel)
     report = run_dir / "report.html"
     display.console.print(f"results: {run_dir}" + (f"\nreport:  {report}" if report.exists() else ""))
-    if _broken(comparison) or any("error" in r for r in comparison["strategies"].values()):
+    if _broken(comparison) or any(r.failed for r in comparison.arms.values()):
         if multirun:
             raise JobFailed(f"{run_dir}: an arm failed or the run is broken (see error.json / the verdict)")
         sys.exit(1)

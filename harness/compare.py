@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from harness import scoring, stats, uncertainty
 from harness.errors import HarnessError
+from harness.records import Comparison
 from harness.results import read_json
 from harness.rundata import read_run_file
 
@@ -45,10 +46,11 @@ def compare_runs(a: Path, b: Path, resamples: int = 2000, seed: int = 0) -> dict
     data = {split: {"a": (ra.get("data_hashes") or {}).get(split), "b": (rb.get("data_hashes") or {}).get(split)}
             for split in sorted(set(ra.get("data_hashes") or {}) | set(rb.get("data_hashes") or {}))}
     arms = []
-    for arm in [x for x in ca["strategies"] if x in cb["strategies"] and "@seed" not in x]:
-        xa, xb = ca["strategies"][arm], cb["strategies"][arm]
-        row = {"arm": arm, "a": (xa.get("metrics") or {}).get(primary), "b": (xb.get("metrics") or {}).get(primary),
-               "error_a": xa.get("error"), "error_b": xb.get("error")}
+    arms_a, arms_b = Comparison.of(ca).arms, Comparison.of(cb).arms
+    for arm in [x for x, r in arms_a.items() if x in arms_b and not r.is_replicate]:
+        xa, xb = arms_a[arm], arms_b[arm]
+        row = {"arm": arm, "a": xa.metrics.get(primary), "b": xb.metrics.get(primary),
+               "error_a": xa.error, "error_b": xb.error}
         pa, pb = _per_example(a, arm), _per_example(b, arm)
         shared = [i for i in pa if i in pb]
         if shared and row["a"] is not None and row["b"] is not None:

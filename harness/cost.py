@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from harness.errors import ConfigError
+from harness.records import ArmResult
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,12 @@ def load_cost_config(raw: Mapping | None) -> CostConfig:
                                   for k, v in api_prices.items()})
 
 
-def token_price(arm: Mapping, cfg: CostConfig) -> Mapping[str, float] | None:
+def token_price(arm: ArmResult | Mapping, cfg: CostConfig) -> Mapping[str, float] | None:
     """Per-token prices of an arm served by an API (its model named in cost.api_prices), else None."""
-    model = arm.get("model") or {}
-    if model.get("backend") != "openai-http" or not cfg.api_prices:
+    arm = ArmResult.of(arm)
+    if not arm.served_by_api or not cfg.api_prices:
         return None
-    return cfg.api_prices.get(str(model.get("name_or_path")))
+    return cfg.api_prices.get(str((arm.model or {}).get("name_or_path")))
 
 
 def error_per_1k(metrics: Mapping[str, float], primary: str | None, cfg: CostConfig) -> float:
@@ -108,25 +109,25 @@ def error_per_1k(metrics: Mapping[str, float], primary: str | None, cfg: CostCon
     return 1000 * cost
 
 
-def arm_cost(arm: Mapping, cfg: CostConfig, primary: str | None = None) -> dict:
+def arm_cost(arm: ArmResult | Mapping, cfg: CostConfig, primary: str | None = None) -> dict:
     """Costs of one arm from its recorded result (usage, training, prepare_s, train_examples), priced by its own
     backend: an arm on an API model listed in `api_prices` pays its measured tokens at those prices; every other
     arm (transformers, llama.cpp, a server you host) pays the hourly price × its measured time per request. With
     `primary`, the expected cost of its wrong answers (`error_per_1k`) and the cost per correct answer too."""
-    usage = arm["usage"]
-    seconds_per_request = 1 / usage["examples_per_s"] if usage.get("examples_per_s") else None
+    arm = ArmResult.of(arm)
+    usage = arm.usage
+    seconds_per_request = 1 / usage.examples_per_s if usage.examples_per_s else None
     prices = token_price(arm, cfg)
     if prices is not None:
-        tokens_in, tokens_out = usage["input_tokens"]["mean"] or 0.0, usage["output_tokens"]["mean"] or 0.0
+        tokens_in, tokens_out = usage.input_tokens.mean or 0.0, usage.output_tokens.mean or 0.0
         per_1k = 1000 * (tokens_in * prices["input_per_1m"] + tokens_out * prices["output_per_1m"]) / 1e6
     else:
         per_1k = None if seconds_per_request is None else cfg.price_per_hour * seconds_per_request * 1000 / 3600
-    training = arm.get("training")
-    fine_tuned = bool(training)
-    train_compute = (training["wall_s"] / 3600 * cfg.train_price_per_hour) if fine_tuned else 0.0
-    setup_compute = ((arm.get("prepare_s") or 0.0) / 3600 * cfg.price_per_hour
+    training, fine_tuned = arm.training, arm.fine_tuned
+    train_compute = ((training.wall_s or 0.0) / 3600 * cfg.train_price_per_hour) if fine_tuned and training else 0.0
+    setup_compute = ((arm.prepare_s or 0.0) / 3600 * cfg.price_per_hour
                      if not fine_tuned and prices is None else 0.0)
-    labelled = (training.get("train_examples") or 0) + (training.get("dev_examples") or 0) if fine_tuned else 0
+    labelled = training.labelled_examples if fine_tuned and training else 0
     labelling = cfg.labelling_cost_per_example * labelled
     one_off = train_compute + setup_compute + labelling
     recurring = 0.0
@@ -137,10 +138,10 @@ def arm_cost(arm: Mapping, cfg: CostConfig, primary: str | None = None) -> dict:
               "one_off": one_off, "one_off_parts": {"training_compute": train_compute, "setup_compute": setup_compute,
                                                     "labelling": labelling},
               "recurring_per_month": recurring,
-              "error_cost_per_1k_requests": error_per_1k(arm.get("metrics") or {}, primary, cfg)}
+              "error_cost_per_1k_requests": error_per_1k(arm.metrics, primary, cfg)}
     result["monthly_total"] = monthly_total(result, cfg.volume_per_month, cfg.horizon_months)
     result["error_cost_per_month"] = cfg.volume_per_month / 1000 * result["error_cost_per_1k_requests"]
-    score = (arm.get("metrics") or {}).get(primary) if primary else None
+    score = arm.metrics.get(primary) if primary else None
     result["cost_per_correct"] = (result["monthly_total"] / (cfg.volume_per_month * score)
                                   if result["monthly_total"] is not None and score and cfg.volume_per_month else None)
     return result
@@ -182,12 +183,12 @@ def break_even(tuned: Mapping, other: Mapping, horizon_months: float) -> dict:
     return {"requests_per_month": volume, "saving_per_1k_requests": saving_per_1k,
             "reason": "cheaper at any volume" if volume == 0 else "pays back above this volume"}
 
-def reference_api_cost(arm: Mapping, cfg: CostConfig) -> dict | None:
+def reference_api_cost(arm: ArmResult | Mapping, cfg: CostConfig) -> dict | None:
     """What the named arm's prompts (its measured mean input/output tokens) would cost on the reference API."""
-    api = cfg.reference_api
-    if not api or "usage" not in arm:
+    api, arm = cfg.reference_api, ArmResult.of(arm)
+    if not api or arm.usage is None:
         return None
-    tokens_in, tokens_out = arm["usage"]["input_tokens"]["mean"] or 0.0, arm["usage"]["output_tokens"]["mean"] or 0.0
+    tokens_in, tokens_out = arm.usage.input_tokens.mean or 0.0, arm.usage.output_tokens.mean or 0.0
     per_1k = 1000 * (tokens_in * api["input_per_1m"] + tokens_out * api["output_per_1m"]) / 1e6
     cost = {"per_1k_requests": per_1k, "one_off": 0.0, "recurring_per_month": 0.0}
     return {"name": api["name"], "prompts_of": api["prompts_of"], "input_tokens": tokens_in,

@@ -10,7 +10,9 @@ from typing import Mapping
 from harness import plots
 from harness.display import cell
 from harness.errors import HarnessError
+from harness.records import Comparison
 from harness.results import read_json, write_json
+from harness.verdict import find_pair
 
 TRAIN, PER_CLASS = "training examples", "examples per class"  # the x-axis: limit.train or limit.per_class
 
@@ -42,27 +44,25 @@ def collect(sweep_dir: Path) -> dict:
     return {"x_axis": axes.pop(), "runs": dict(sorted(runs.items()))}
 
 
-def _point(comparison: Mapping, arm: str) -> dict | None:
-    result = comparison["strategies"].get(arm) or {}
-    interval = ((comparison["decision"].get("intervals") or {}).get(arm) or {}).get(comparison["primary_metric"])
-    if "error" in result or not interval:
+def _point(comparison: Comparison, arm: str) -> dict | None:
+    result = comparison.arms.get(arm)
+    interval = (((comparison.decision or {}).get("intervals") or {}).get(arm) or {}).get(comparison.primary_metric)
+    if result is None or result.failed or not interval:
         return None
-    training = result.get("training") or {}
-    return {"value": interval["value"], "ci": interval["ci"], "fine_tuned": bool(training),
-            "train_s": training.get("wall_s")}
+    return {"value": interval["value"], "ci": interval["ci"], "fine_tuned": result.fine_tuned,
+            "train_s": result.training.wall_s if result.training else None}
 
 
-def _significant(comparison: Mapping, a: str, b: str) -> bool:
-    for t in comparison["decision"].get("paired_tests") or []:
-        if {t["a"], t["b"]} == {a, b}:
-            return bool(t["significant"])
-    return False
+def _significant(comparison: Comparison, a: str, b: str) -> bool:
+    test = find_pair((comparison.decision or {}).get("paired_tests") or [], a, b)
+    return bool(test and test["significant"])
 
 
-def learning_curve(runs: Mapping[int, Mapping], x_axis: str = TRAIN) -> dict:
+def learning_curve(runs: Mapping[int, Comparison | Mapping], x_axis: str = TRAIN) -> dict:
+    runs = {n: Comparison.of(c) for n, c in runs.items()}
     sizes = list(runs)
     first = next(iter(runs.values()))
-    arms = list(dict.fromkeys(a for c in runs.values() for a in c["strategies"] if "@seed" not in a))
+    arms = list(dict.fromkeys(a for c in runs.values() for a, r in c.arms.items() if not r.is_replicate))
     points = {arm: {n: _point(runs[n], arm) for n in sizes} for arm in arms}
     tuned = [a for a in arms if any(p and p["fine_tuned"] for p in points[a].values())]
     findings = []
@@ -80,8 +80,8 @@ def learning_curve(runs: Mapping[int, Mapping], x_axis: str = TRAIN) -> dict:
                         (f" (significantly from {sig})" if sig is not None else " (not significantly at any size)"))
             findings.append({"tuned": t, "other": other, "overtakes_at": over, "significant_from": sig,
                              "summary": text})
-    return {"task": first["task"], "primary_metric": first["primary_metric"], "x_axis": x_axis, "sizes": sizes,
-            "heldout_n": {n: runs[n]["heldout_n"] for n in sizes}, "arms": points, "findings": findings}
+    return {"task": first.task, "primary_metric": first.primary_metric, "x_axis": x_axis, "sizes": sizes,
+            "heldout_n": {n: runs[n].heldout_n for n in sizes}, "arms": points, "findings": findings}
 
 
 def write_curve(sweep_dir: Path) -> dict:

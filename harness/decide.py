@@ -17,6 +17,7 @@ import numpy as np
 from harness import choice as rule
 from harness import cost as costs
 from harness import stats, uncertainty
+from harness.records import ArmResult
 from harness.verdict import find_pair, write_verdict
 
 
@@ -40,26 +41,33 @@ class Evidence:
     task_type: str
     primary: str
     labels: Sequence[str]
-    arms: Mapping[str, Mapping]                       # comparison.json "strategies": arm name → recorded result
+    arms: Mapping[str, ArmResult]                     # comparison.json "strategies": arm name → recorded result
     records: Mapping[str, Sequence[Mapping]]          # arm (or replicate) name → per-example records, held-out order
     data_checks: Mapping[str, Any] = field(default_factory=dict)
     control: Mapping[str, Any] = field(default_factory=dict)   # {"name", "base": [0/1…], "arms": {arm: [0/1…]}}
 
+    def __post_init__(self) -> None:  # arms given as comparison.json dicts are read into ArmResults
+        self.arms = {name: ArmResult.of(arm, name) for name, arm in self.arms.items()}
+
+    def members(self, arm: str) -> tuple[str, ...]:
+        """The arms whose per-example records an arm's samples average: its replicates, or itself."""
+        return self.arms[arm].replicates or (arm,)
+
 
 def _arm_samples(ev: Evidence, arm: str, idx: np.ndarray) -> dict[str, np.ndarray]:
-    members = ev.arms[arm].get("replicates") or [arm]
-    runs = [uncertainty.metric_samples(ev.task_type, ev.records[m], idx, ev.labels) for m in members if m in ev.records]
+    runs = [uncertainty.metric_samples(ev.task_type, ev.records[m], idx, ev.labels) for m in ev.members(arm)
+            if m in ev.records]
     return {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
 
 
 def _primary_values(ev: Evidence, arm: str) -> np.ndarray | None:
-    members = [m for m in (ev.arms[arm].get("replicates") or [arm]) if m in ev.records]
+    members = [m for m in ev.members(arm) if m in ev.records]
     values = [uncertainty.per_example_values(ev.records[m], ev.primary) for m in members]
     return None if values[0] is None else np.mean(values, axis=0)
 
 
 def intervals(ev: Evidence, samples: Mapping[str, Mapping[str, np.ndarray]], s: Settings) -> dict:
-    return {arm: {m: {"value": ev.arms[arm]["metrics"].get(m), "ci": list(stats.percentile_interval(v, s.confidence))}
+    return {arm: {m: {"value": ev.arms[arm].metrics.get(m), "ci": list(stats.percentile_interval(v, s.confidence))}
                   for m, v in by_metric.items()} for arm, by_metric in samples.items()}
 
 
@@ -69,7 +77,7 @@ def paired_tests(ev: Evidence, samples: Mapping[str, Mapping[str, np.ndarray]], 
     values = {a: _primary_values(ev, a) for a in samples}
     tests = []
     for a, b in combinations(samples, 2):
-        diff = ev.arms[a]["metrics"][ev.primary] - ev.arms[b]["metrics"][ev.primary]
+        diff = ev.arms[a].metrics[ev.primary] - ev.arms[b].metrics[ev.primary]
         test = stats.paired_test(samples[a][ev.primary], samples[b][ev.primary], values[a], values[b], diff,
                                  s.confidence)
         tests.append({"a": a, "b": b, "difference": diff, **test,
@@ -110,7 +118,7 @@ def against_best(ev: Evidence, samples: Mapping, tests: Sequence[Mapping], names
             continue
         t = find_pair(tests, best, a)
         diffs = samples[a][ev.primary] - samples[best][ev.primary]
-        observed = ev.arms[a]["metrics"][ev.primary] - ev.arms[best]["metrics"][ev.primary]
+        observed = ev.arms[a].metrics[ev.primary] - ev.arms[best].metrics[ev.primary]
         out[a] = {"against": best, **rule.relation(diffs, observed, t["significant"], n, s.margin, s.alpha),
                   "p_holm": t["p_holm"], "significant": t["significant"]}
     return out
@@ -132,16 +140,16 @@ def _costs(cfg: costs.CostConfig, priced: Mapping, reference: Mapping | None, od
 
 
 def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
-    names = [a for a, r in ev.arms.items() if "error" not in r and "@seed" not in a]
+    names = [a for a, r in ev.arms.items() if r.compared]
     if not names:
         return _nothing("No arm finished, so there is nothing to decide.")
-    n = len(ev.records[(ev.arms[names[0]].get("replicates") or [names[0]])[0]])
+    n = len(ev.records[ev.members(names[0])[0]])
     idx = stats.bootstrap_indices(n, s.resamples, s.seed)
     samples = {a: _arm_samples(ev, a, idx) for a in names}  # shared by the intervals and the paired tests
     ci = intervals(ev, samples, s)
     tests = paired_tests(ev, samples, s) if len(names) > 1 else []
     priced = {a: costs.arm_cost(ev.arms[a], cost_cfg, ev.primary) for a in names}
-    score = {a: ev.arms[a]["metrics"][ev.primary] for a in names}
+    score = {a: ev.arms[a].metrics[ev.primary] for a in names}
     failures = {a: rule.failure(ev.arms[a]) for a in names}
     for f in failures.values():
         f["broken"] = f["rate"] > s.max_failure_rate
@@ -165,8 +173,8 @@ def decide(ev: Evidence, cost_cfg: costs.CostConfig, s: Settings) -> dict:
     odds = (rule.cheapest_odds(rule.resampled_totals(ev.arms, {a: samples[a] for a in selectable},
                                                      {a: priced[a] for a in selectable}, ev.primary, cost_cfg), choice)
             if cost_cfg.prices_errors else None)
-    tuned = [a for a in names if priced[a]["fine_tuned"]]
-    plain = [a for a in selectable if not priced[a]["fine_tuned"]]
+    tuned = [a for a in names if ev.arms[a].fine_tuned]
+    plain = [a for a in selectable if not ev.arms[a].fine_tuned]
     best_plain = max(plain, key=lambda a: score[a]) if plain else None
     breakeven = {a: {"against": best_plain, **costs.break_even(priced[a], priced[best_plain], cost_cfg.horizon_months)}
                  for a in tuned} if best_plain else {}

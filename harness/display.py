@@ -13,7 +13,9 @@ from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.verdict import fmt, model_label, money
+from harness.records import Comparison
+from harness.rows import arm_rows
+from harness.verdict import fmt, money
 
 console = Console()
 if not console.is_terminal:  # logs and CI: wide enough that the comparison table is not squeezed
@@ -84,19 +86,15 @@ def error(message: str) -> None:
     console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
 
 
-def comparison_table(comparison: dict) -> Table:
-    primary = comparison["primary_metric"]
-    rows = comparison["strategies"]
-    decision = comparison.get("decision") or {}
-    intervals, priced = decision.get("intervals") or {}, (decision.get("costs") or {}).get("arms") or {}
-    currency = (decision.get("costs") or {}).get("currency", "USD")
-    choice = (decision.get("verdict") or {}).get("choice")
-    secondary = sorted(m for m in {m for r in rows.values() for m in r.get("metrics", {})} - {primary}
-                       if m != "invalid_rate" or any(r.get("metrics", {}).get(m) for r in rows.values()))
-    table = Table(title=f"{comparison['task']} — held-out n={comparison['heldout_n']}, primary metric: {primary}",
+def comparison_table(comparison: Comparison | dict) -> Table:
+    comparison = Comparison.of(comparison)
+    view = arm_rows(comparison)
+    primary, currency = view.primary, view.currency
+    secondary = [m for m in view.metrics
+                 if m != "invalid_rate" or any(r.result.metrics.get(m) for r in view.rows)]
+    table = Table(title=f"{comparison.task} — held-out n={comparison.heldout_n}, primary metric: {primary}",
                   title_justify="left")
-    models = {name: model_label(r.get("model")) for name, r in rows.items() if "error" not in r}
-    show_model = len(set(models.values())) > 1  # arms on different models: say which model each ran on
+    show_model = view.mixed_models  # arms on different models: say which model each ran on
     table.add_column("strategy", style="bold", no_wrap=True)
     if show_model:
         table.add_column("model", no_wrap=True, max_width=34, overflow="ellipsis")
@@ -107,25 +105,21 @@ def comparison_table(comparison: dict) -> Table:
         table.add_column(m, justify="right", no_wrap=True)
     for col in ("tokens in/out", "s/ex", "train (s)", "$/1k req", "$/month", "$/1k correct"):
         table.add_column(col, justify="right", no_wrap=True)
-    for name, r in rows.items():
-        if "error" in r:
-            table.add_row(name, *(["–"] if show_model else []), f"[red]failed: {r['error']}[/red]",
+    for row in view.rows:
+        r = row.result
+        if row.error is not None:
+            table.add_row(row.arm, *(["–"] if show_model else []), f"[red]failed: {row.error}[/red]",
                           *["–"] * (len(secondary) + 8))
             continue
-        m, u, t = r["metrics"], r["usage"], r.get("training")
-        spread = r.get("metrics_seed_std", {})
-        main = fmt(m.get(primary)) + (f" ± {spread[primary]:.3f}" if primary in spread else "")
-        ci = (intervals.get(name) or {}).get(primary, {}).get("ci")
-        train = "–" if not t else f"{t['wall_s']:.0f}" + (" cached" if t.get("cached") else "")
-        cost = priced.get(name) or {}
-        table.add_row(name + (" ✓" if name == choice else ""), *([models[name]] if show_model else []),
-                      r.get("summary", ""), main,
-                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "–", *[fmt(m.get(s)) for s in secondary],
-                      f"{fmt(u['input_tokens']['mean'], 0)}/{fmt(u['output_tokens']['mean'], 0)}",
-                      fmt(u["latency_s"]["mean"], 2), train,
+        spread = row.seed_spread(primary)
+        main = fmt(row.primary(primary)) + (f" ± {spread:.3f}" if spread is not None else "")
+        cost, u = row.cost, r.usage
+        table.add_row(row.arm + (" ✓" if row.chosen else ""), *([row.model_label] if show_model else []),
+                      r.summary, main, row.ci_text() or "–", *[fmt(r.metrics.get(s)) for s in secondary],
+                      f"{fmt(u.input_tokens.mean, 0)}/{fmt(u.output_tokens.mean, 0)}",
+                      fmt(u.latency_s.mean, 2), row.train_s(" cached"),
                       money(cost.get("per_1k_requests"), currency) if cost else "–",
-                      money(cost.get("monthly_total"), currency) if cost else "–",
-                      money(1000 * cost["cost_per_correct"], currency) if cost.get("cost_per_correct") else "–")
+                      money(cost.get("monthly_total"), currency) if cost else "–", row.per_correct(currency))
     return table
 
 
@@ -144,8 +138,8 @@ def verdict_title(verdict: dict) -> tuple[str, str]:
             "green" if yes else "red" if yes is False else "yellow")
 
 
-def verdict_panel(comparison: dict) -> Panel | None:
-    verdict = (comparison.get("decision") or {}).get("verdict")
+def verdict_panel(comparison: Comparison | dict) -> Panel | None:
+    verdict = Comparison.of(comparison).verdict
     if not verdict:
         return None
     parts = [Text(verdict["summary"])]
@@ -156,11 +150,12 @@ def verdict_panel(comparison: dict) -> Panel | None:
     return Panel(Group(*parts), title=title, title_align="left", border_style=colour)
 
 
-def run_problems(comparison: dict) -> list[str]:
+def run_problems(comparison: Comparison | dict) -> list[str]:
     """One line when the run cannot be used as it is: no arm can be chosen, or an arm failed on every request."""
-    decision = comparison.get("decision") or {}
+    comparison = Comparison.of(comparison)
+    decision = comparison.decision or {}
     verdict = decision.get("verdict") or {}
-    if verdict and verdict.get("choice") is None and any("error" not in r for r in comparison["strategies"].values()):
+    if verdict and verdict.get("choice") is None and any(not r.failed for r in comparison.arms.values()):
         return [verdict["summary"]]
     wholesale = [a for a, f in (decision.get("failures") or {}).items() if f.get("wholesale")]
     if wholesale:

@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from harness.records import Comparison  # noqa: E402
+
 CHOICE, TUNED, PLAIN = "#1b7f3b", "#b35806", "#3b6ea8"
 
 
@@ -22,11 +24,12 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def pareto(comparison: Mapping) -> bytes | None:
+def pareto(comparison: Comparison | Mapping) -> bytes | None:
     """Monthly cost at the configured volume (log scale; what the verdict compares) against the primary metric with
     its bootstrap interval; the frontier of arms no other arm beats on both is drawn, the chosen arm in green."""
-    decision = comparison.get("decision") or {}
-    primary, ci = comparison["primary_metric"], decision.get("intervals") or {}
+    comparison = Comparison.of(comparison)
+    decision = comparison.decision or {}
+    primary, ci = comparison.primary_metric, decision.get("intervals") or {}
     priced = (decision.get("costs") or {}).get("arms") or {}
     points = [(arm, priced[arm]["monthly_total"], ci[arm][primary]) for arm in ci
               if priced.get(arm, {}).get("monthly_total")]
@@ -35,7 +38,7 @@ def pareto(comparison: Mapping) -> bytes | None:
     choice = (decision.get("verdict") or {}).get("choice")
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for arm, x, m in points:
-        colour = CHOICE if arm == choice else TUNED if priced[arm]["fine_tuned"] else PLAIN
+        colour = CHOICE if arm == choice else TUNED if comparison.arms[arm].fine_tuned else PLAIN
         low, high = m["ci"]
         ax.errorbar([x], [m["value"]], yerr=[[m["value"] - low], [high - m["value"]]], fmt="o", color=colour,
                     capsize=4, markersize=8 if arm == choice else 6)
@@ -148,11 +151,11 @@ def learning_curve(curve: Mapping) -> bytes | None:
     return _png(fig)
 
 
-def decision_map(comparison: Mapping) -> bytes | None:
+def decision_map(comparison: Comparison | Mapping) -> bytes | None:
     """Which arm the rule chooses across monthly volume (log) and the cost of a wrong answer, from the grid the
     decision recorded (`decision_map`); borders between colours are the break-even lines, hatched cells are open
     (undecided) there, the current setting is marked."""
-    grid = (comparison.get("decision") or {}).get("decision_map")
+    grid = (Comparison.of(comparison).decision or {}).get("decision_map")
     if not grid or not grid.get("choice"):
         return None
     import numpy as np

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from harness import stats, uncertainty
 from harness.scoring import aggregate
 from harness.errors import HarnessError
+from harness.records import ArmResult, Comparison
 from harness.results import read_json, write_json
 from harness.rundata import read_run_file
 from harness.task import load_task
@@ -51,14 +52,14 @@ def _file_hash(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def _arm(run_dir: Path, name: str, result: Mapping, interval: Mapping, primary: str) -> dict:
+def _arm(run_dir: Path, name: str, result: ArmResult, interval: Mapping, primary: str) -> dict:
     prepared = _optional(run_dir / name / "prepare.json") or {}
     report = prepared.get("report") or {}
     adapter = report.get("adapter")
     arm = {"arm": name, "target": prepared.get("target"), "settings": prepared.get("settings"),
-           "model": result.get("model") or prepared.get("model"), "error": result.get("error"),
+           "model": result.model or prepared.get("model"), "error": result.error,
            "primary": {"metric": primary, **(interval.get(primary) or {})},
-           "metrics": result.get("metrics"), "fine_tuned": bool(result.get("training"))}
+           "metrics": dict(result.metrics) if not result.failed else None, "fine_tuned": result.fine_tuned}
     if adapter:
         folder = Path(adapter)
         arm["adapter"] = {"key": folder.name, "path": adapter,
@@ -117,8 +118,9 @@ def build(run_dir: Path, review_after_months: int | None = None) -> dict:
     created = datetime.fromisoformat(run["created"]).date() if run.get("created") else date.today()
     primary = comparison["primary_metric"]
     intervals = decision.get("intervals") or {}
-    arms = [_arm(run_dir, a, r, intervals.get(a) or {}, primary) for a, r in comparison["strategies"].items()]
-    scored = [a for a, r in comparison["strategies"].items() if "error" not in r and not r.get("replicates")]
+    results = Comparison.of(comparison).arms
+    arms = [_arm(run_dir, a, r, intervals.get(a) or {}, primary) for a, r in results.items()]
+    scored = [a for a, r in results.items() if r.scored_here]
     checks = _optional(run_dir / "data_checks.json") or {}
     verdict = decision.get("verdict") or {}
     return {

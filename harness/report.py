@@ -12,8 +12,10 @@ from typing import Any, Mapping
 from jinja2 import Environment, FileSystemLoader
 
 from harness import plots
+from harness.records import Comparison
 from harness.results import read_json, write_bytes, write_text
-from harness.verdict import fmt, headline, model_label, money
+from harness.rows import arm_rows
+from harness.verdict import fmt, headline, money
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -22,39 +24,33 @@ def _optional(path: Path) -> Any:
     return read_json(path) if path.exists() else None
 
 
-def _rows(comparison: Mapping, details: Mapping[str, Mapping] | None = None) -> list[dict]:
-    decision = comparison.get("decision") or {}
-    primary, ci = comparison["primary_metric"], decision.get("intervals") or {}
-    priced = (decision.get("costs") or {}).get("arms") or {}
-    currency = (decision.get("costs") or {}).get("currency", "USD")
-    details = details or {}
+def _rows(comparison: Comparison, details: Mapping[str, Mapping] | None = None) -> list[dict]:
+    """The report's table: one row per arm the decision compares and per failed arm (seed replicates are shown by
+    their mean)."""
+    view = arm_rows(comparison)
+    primary, currency, details = view.primary, view.currency, details or {}
     rows = []
-    labels = {arm: model_label(r.get("model")) for arm, r in comparison["strategies"].items() if "error" not in r}
-    mixed = len(set(labels.values())) > 1  # arms on different models: each row names its model
-    for arm, r in comparison["strategies"].items():
-        if "@seed" in arm:
+    for row in view.rows:
+        r = row.result
+        if r.is_replicate:
             continue
-        if "error" in r:
-            rows.append({"arm": arm, "error": r["error"]})
+        if row.error is not None:
+            rows.append({"arm": row.arm, "error": row.error})
             continue
-        interval = (ci.get(arm) or {}).get(primary, {}).get("ci")
-        spread = (r.get("metrics_seed_std") or {}).get(primary)
-        p, t, u = priced.get(arm) or {}, r.get("training") or {}, r["usage"]
+        spread, p, t, u = row.seed_spread(primary), row.cost, r.training, r.usage
         rows.append({
-            "arm": arm, "summary": r.get("summary", ""), "model": (r.get("model") or {}).get("name_or_path", ""),
-            "model_label": labels[arm] if mixed else "", "details": details.get(arm, {}),
-            "primary": fmt(r["metrics"].get(primary)), "ci": f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "",
+            "arm": row.arm, "summary": r.summary, "model": (r.model or {}).get("name_or_path", ""),
+            "model_label": row.model_label if view.mixed_models else "", "details": details.get(row.arm, {}),
+            "primary": fmt(row.primary(primary)), "ci": row.ci_text() or "",
             "spread": f"± {spread:.3f} over seeds" if spread else "",
-            "others": {m: fmt(v) for m, v in r["metrics"].items() if m != primary},
+            "others": {m: fmt(v) for m, v in r.metrics.items() if m != primary},
             "per_1k": money(p.get("per_1k_requests"), currency), "monthly": money(p.get("monthly_total"), currency),
-            "per_correct": money(1000 * p["cost_per_correct"], currency) if p.get("cost_per_correct") else "–",
-            "relation": (decision.get("against_best") or {}).get(arm, {}).get("relation", ""),
-            "one_off": money(p.get("one_off"), currency) if p else "–",
-            "train_s": f"{t['wall_s']:.0f}" + (" (cached)" if t.get("cached") else "") if t else "–",
-            "tokens_in": fmt(u["input_tokens"]["mean"], 1), "tokens_out": fmt(u["output_tokens"]["mean"], 1),
-            "latency": fmt(u["latency_s"]["mean"]),
-            "memory": f"{t['peak_memory_mb'] / 1024:.1f} GB" if t.get("peak_memory_mb") else "–",
-            "chosen": arm == (decision.get("verdict") or {}).get("choice"), "fine_tuned": bool(t)})
+            "per_correct": row.per_correct(currency), "relation": row.relation,
+            "one_off": money(p.get("one_off"), currency) if p else "–", "train_s": row.train_s(" (cached)"),
+            "tokens_in": fmt(u.input_tokens.mean, 1), "tokens_out": fmt(u.output_tokens.mean, 1),
+            "latency": fmt(u.latency_s.mean),
+            "memory": f"{t.peak_memory_mb / 1024:.1f} GB" if t and t.peak_memory_mb else "–",
+            "chosen": row.chosen, "fine_tuned": r.fine_tuned})
     return rows
 
 
@@ -72,10 +68,10 @@ def _uncovered(prepared: Mapping[str, Mapping]) -> list[str]:
 def build_view(run_dir: Path) -> dict:
     """Everything the templates show, from the folder's JSON; figures as PNG bytes keyed by file name."""
     run_dir = Path(run_dir)
-    comparison = read_json(run_dir / "comparison.json")
+    comparison = Comparison.from_json(read_json(run_dir / "comparison.json"))
     run = _optional(run_dir / "run.json") or {}
-    decision = comparison.get("decision") or {}
-    arms = [a for a, r in comparison["strategies"].items() if "error" not in r and not r.get("replicates")]
+    decision = comparison.decision or {}
+    arms = [a for a, r in comparison.arms.items() if r.scored_here]
     details = {a: (_optional(run_dir / a / "metrics.json") or {}).get("details", {}) for a in arms}
     prepared = {a: (_optional(run_dir / a / "prepare.json") or {}).get("report", {}) for a in arms}
     figures: dict[str, bytes] = {}
@@ -90,17 +86,18 @@ def build_view(run_dir: Path) -> dict:
     shown = [a for a in dict.fromkeys([choice, decision.get("best")]) if a in details]
     for arm in shown:
         add(f"confusion_{arm}.png", plots.confusion(details[arm], arm))
-    if comparison["task_type"] == "classification":
+    if comparison.task_type == "classification":
         add("per_label.png", plots.per_label({a: {k: v["f1"] for k, v in d.get("per_label", {}).items()}
                                               for a, d in details.items()}, "F1 per label"))
-    elif comparison["task_type"] == "extraction":
+    elif comparison.task_type == "extraction":
         add("per_field.png", plots.per_label({a: d.get("per_field_exact_match", {}) for a, d in details.items()},
                                              "exact match per field"))
     histories = {a: (p.get("training") or {}).get("history") for a, p in prepared.items()}
     add("training_curves.png", plots.training_curves(histories))
-    primary = comparison["primary_metric"]
-    others = sorted({m for r in comparison["strategies"].values() for m in r.get("metrics", {})} - {primary})
-    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision, "v": decision.get("verdict"),
+    primary = comparison.primary_metric
+    others = sorted({m for r in comparison.arms.values() for m in r.metrics} - {primary})
+    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision,
+            "v": decision.get("verdict"),
             "headline": headline(decision.get("verdict")), "rows": _rows(comparison, details),
             "rules": {a: d["per_rule_pass_rate"] for a, d in details.items() if d.get("per_rule_pass_rate")},
             "others": others, "primary": primary, "figures": figures, "checks": _optional(run_dir / "data_checks.json"),

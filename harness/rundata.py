@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from harness import cost as costs
 from harness import decide
 from harness.errors import ConfigError, HarnessError
+from harness.records import Comparison
 from harness.results import read_json, write_json
 
 RECORD_ONLY = ("review_after_months",)  # decision settings that are not the verdict rule's
@@ -25,12 +26,12 @@ def read_run_file(path: Path) -> Any:
         raise HarnessError(f"{path}: not valid JSON ({e})") from None
 
 
-def evidence(run_dir: Path, comparison: Mapping) -> decide.Evidence:
-    arms = comparison["strategies"]
+def evidence(run_dir: Path, comparison: Comparison | Mapping) -> decide.Evidence:
+    comparison = Comparison.of(comparison)
     records: dict[str, list] = {}
     order = None
-    for name, result in arms.items():
-        if "error" in result or result.get("replicates"):
+    for name, result in comparison.arms.items():
+        if not result.scored_here:
             continue
         per_example = read_run_file(run_dir / name / "metrics.json")["per_example"]
         order = order or list(per_example)
@@ -41,8 +42,8 @@ def evidence(run_dir: Path, comparison: Mapping) -> decide.Evidence:
         records[name] = [per_example[i] for i in order]
     checks = run_dir / "data_checks.json"
     control = run_dir / "control.json"
-    return decide.Evidence(task_type=comparison["task_type"], primary=comparison["primary_metric"],
-                           labels=comparison.get("labels", []), arms=arms, records=records,
+    return decide.Evidence(task_type=comparison.task_type, primary=comparison.primary_metric,
+                           labels=comparison.labels, arms=comparison.arms, records=records,
                            data_checks=read_json(checks) if checks.exists() else {},
                            control=read_json(control) if control.exists() else {})
 
@@ -107,7 +108,7 @@ def copy_decision_inputs(run_dir: Path, out: Path) -> list[Path]:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HarnessError(f"{out}: exists and is not an empty folder; give --out a new folder")
     copied = []
-    for arm in ["", *comparison["strategies"]]:
+    for arm in ["", *Comparison.of(comparison).arms]:
         source = run_dir / arm
         for path in sorted(source.glob("*.json")) if source.is_dir() else []:
             target = out / arm / path.name

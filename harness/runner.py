@@ -8,8 +8,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import statistics
 import time
+from dataclasses import replace
 import traceback
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from harness import cost, datachecks, display, forgetting, judge, provenance, report, rundata, scoring, tracking
 from harness.errors import ConfigError, HarnessError
+from harness.records import ArmResult, Comparison, Training, Usage, replicate_mean, replicate_name
 from harness.results import PredictionLog, read_json, write_json
 from harness.strategy import PrepareContext
 from harness.task import Task, load_task
@@ -89,34 +90,6 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def summarize_usage(records: list[dict]) -> dict:
-    def stats(key: str) -> dict:
-        values = [float(r["usage"].get(key, 0) or 0) for r in records]
-        if not values:
-            return {"total": 0, "mean": None, "p50": None, "p95": None}
-        ordered = sorted(values)
-        return {"total": sum(values), "mean": statistics.fmean(values), "p50": statistics.median(values),
-                "p95": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]}
-    latency = stats("latency_s")
-    return {"n": len(records), "input_tokens": stats("input_tokens"), "output_tokens": stats("output_tokens"),
-            "latency_s": latency, "truncated": sum(1 for r in records if r["usage"].get("truncated")),
-            "failed": sum(1 for r in records if r["usage"].get("failed")),
-            "examples_per_s": len(records) / latency["total"] if latency["total"] else None}
-
-
-def replicate_summary(results: dict[str, dict], members: list[str]) -> dict:
-    """The mean of an arm's seed replicates, with their spread (sample standard deviation)."""
-    done = [results[m] for m in members if "error" not in results[m]]
-    if not done:
-        return {"error": "every replicate failed", "replicates": members}
-    names = sorted(set.intersection(*(set(r["metrics"]) for r in done)))
-    spread = {m: statistics.stdev([r["metrics"][m] for r in done]) if len(done) > 1 else 0.0 for m in names}
-    return {"summary": f"mean of {len(done)} seeds", "replicates": members,
-            "metrics": {m: statistics.fmean(r["metrics"][m] for r in done) for m in names},
-            "metrics_seed_std": spread, "n": done[0]["n"], "usage": done[0]["usage"], "model": done[0]["model"],
-            "training": done[0].get("training")}
-
-
 def embedding_cosines(encode, outputs: list[str], references: list[Any]) -> list[float]:
     """Cosine similarity of each output to its reference(s) (the best one), with normalised embeddings."""
     refs = [[r] if isinstance(r, str) else list(r) for r in references]
@@ -183,8 +156,9 @@ class Runner:
         model = lm.describe()
         # Preflight: every arm is built, its model loaded or reached, and checked against what its backend can do
         # and what the results folder already holds, before any work is done or anything is written.
-        arms, replicated = {}, {}
-        for arm_name, node, extra, model_node in self._expand(names):
+        arms: dict[str, tuple] = {}
+        replicated: dict[str, dict[str, int]] = {}  # arm → {replicate name: seed}
+        for arm_name, base, node, extra, model_node in self._expand(names):
             arm_lm = lm if model_node is None else self._model(model_node, arm_name)
             strategy = _instantiate(node, f"strategy {arm_name!r}", name=arm_name, **extra)
             if hasattr(strategy, "check"):
@@ -199,7 +173,7 @@ class Runner:
                                   field="results_dir")
             arms[arm_name] = (strategy, key, node["_target_"], arm_lm)
             if extra:
-                replicated.setdefault(arm_name.split("@")[0], []).append(arm_name)
+                replicated.setdefault(base, {})[arm_name] = extra["seed"]
         self.judge_lm = self._judge_model(task, lm)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "run.json", {
@@ -221,7 +195,7 @@ class Runner:
                            f"(allowed by allow_overlap)")
         self._data_checks(task)
         judged = self._judge_agreement(task)
-        results: dict[str, dict] = {}
+        results: dict[str, ArmResult] = {}
         with display.progress() as bars:
             for name, (strategy, key, target, arm_lm) in arms.items():
                 try:
@@ -234,18 +208,20 @@ class Runner:
                     write_json(self.run_dir / name / "error.json",  # a full disk here stops the run: one line
                                {"error": message, "traceback": None if user_error else traceback.format_exc()})
                     display.error(f"strategy {name} failed: {message}")
-                    results[name] = {"error": message}
+                    results[name] = ArmResult(name=name, error=message)
         for name, members in replicated.items():
-            results[name] = replicate_summary(results, members)
+            for member, member_seed in members.items():
+                results[member] = results[member].replicate(name, member_seed)
+            results[name] = replicate_mean(name, [results[m] for m in members])
         try:  # a failing check is reported; the arms' results still make the comparison
             self._forgetting(task, lm, {name: arm[0] for name, arm in arms.items() if name in results
-                                        and "error" not in results[name] and arm[3] is lm})
+                                        and not results[name].failed and arm[3] is lm})
         except Exception as e:
             display.error(f"forgetting check failed: {type(e).__name__}: {e}")
-        comparison = {"task": task.name, "task_type": task.type, "primary_metric": task.metric,
-                      "heldout_n": len(task.heldout), "run_dir": str(self.run_dir), "model": model,
-                      "labels": list(task.labels), "fields": list(task.fields),
-                      **({"judge": judged} if judged else {}), "strategies": results}
+        comparison = Comparison(task=task.name, task_type=task.type, primary_metric=task.metric,
+                                heldout_n=len(task.heldout), run_dir=str(self.run_dir), model=model,
+                                labels=list(task.labels), fields=list(task.fields), judge=judged or None,
+                                arms=results).to_json()
         write_json(self.run_dir / "comparison.json", comparison)
         try:  # what was measured is on disk already; the decision and report are re-made from it
             comparison = rundata.decide_run(self.run_dir)
@@ -375,7 +351,7 @@ class Runner:
             write_json(path, done)
 
     def _expand(self, names: list[str]):
-        """(arm name, config, extra kwargs, model config or None) per arm. An arm with `seeds: [..]` becomes one
+        """(arm name, configured name, config, extra kwargs, model config or None) per arm. An arm with `seeds: [..]` becomes one
         replicate per seed; an arm with a `model:` node (`+model@strategies.NAME.model=OPTION`) runs on that
         model instead of the run's."""
         for name in names:
@@ -384,14 +360,15 @@ class Runner:
             model = node.get("model")
             plain = OmegaConf.create({k: v for k, v in node.items() if k not in ("seeds", "model")})  # runner keys
             if not seeds:
-                yield name, plain, {}, model
+                yield name, name, plain, {}, model
                 continue
             for s in seeds:
                 if isinstance(s, bool) or not isinstance(s, int):
                     raise ConfigError(f"must be a list of whole numbers, got {s!r}", field=f"strategies.{name}.seeds")
-                yield f"{name}@seed{s}", plain, {"seed": int(s)}, model
+                yield replicate_name(name, int(s)), name, plain, {"seed": int(s)}, model
 
-    def _run_strategy(self, name: str, strategy, key: str, target: str, task: Task, lm, seed: int, bars) -> dict:
+    def _run_strategy(self, name: str, strategy, key: str, target: str, task: Task, lm, seed: int,
+                      bars) -> ArmResult:
         folder = self.run_dir / name
         model = lm.describe()
         prepare_path = folder / "prepare.json"
@@ -419,17 +396,17 @@ class Runner:
         records = [log.records[ex.id] for ex in task.heldout]
         metrics = score_strategy(task, log.records, self._encoder() if "embedding_cosine" in task.metrics else None,
                                  self._judge_outputs(name, task, log.records))
-        usage = summarize_usage(records)
+        usage = Usage.of_predictions(records)
         if counters:  # requests, retries, cache hits and failures of this arm's backend during this run
-            usage["backend"] = {k: v - counters.get(k, 0) for k, v in lm.counters.items()}
+            usage = replace(usage, backend={k: v - counters.get(k, 0) for k, v in lm.counters.items()})
         write_json(folder / "metrics.json", metrics)
-        write_json(folder / "usage.json", usage)
-        if usage["failed"]:
-            display.status(f"[yellow]warning:[/yellow] {name}: {usage['failed']} request(s) failed (malformed or "
+        write_json(folder / "usage.json", usage.to_json())
+        if usage.failed:
+            display.status(f"[yellow]warning:[/yellow] {name}: {usage.failed} request(s) failed (malformed or "
                            f"empty answers, prompts over the server's context); scored as wrong, listed in "
                            f"predictions.jsonl")
-        if usage["truncated"]:
-            display.status(f"[yellow]warning:[/yellow] {name}: {usage['truncated']} prompt(s) were longer than the "
+        if usage.truncated:
+            display.status(f"[yellow]warning:[/yellow] {name}: {usage.truncated} prompt(s) were longer than the "
                            f"model's context and were cut in the middle (counted in usage.json)")
         training = report.get("training")
         if training:  # the measured cost of training, also when this run reused the cached adapter
@@ -438,5 +415,6 @@ class Runner:
                                                          "trainable_parameters", "train_examples",
                                                          "dev_examples", "best_epoch", "history")},
                         "cached": report.get("cached", False)}
-        return {"summary": report.get("summary", ""), "metrics": metrics["metrics"], "n": metrics["n"],
-                "prepare_s": prepare_s, "training": training, "usage": usage, "model": model}
+        return ArmResult.measured(name, summary=report.get("summary", ""), metrics=metrics["metrics"], n=metrics["n"],
+                                  prepare_s=prepare_s, training=Training.from_json(training), usage=usage,
+                                  model=model)

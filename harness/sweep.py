@@ -14,6 +14,7 @@ import yaml
 
 from harness import curve
 from harness.errors import HarnessError
+from harness.records import Comparison
 from harness.results import read_json
 
 JOB_ERROR = "job_error.json"  # written by the CLI when a job of a multirun stops on bad input
@@ -62,7 +63,7 @@ def finished_cell(run_dir: Path, config: Mapping) -> bool:
     comparison, run = _optional(Path(run_dir) / "comparison.json"), _optional(Path(run_dir) / "run.json")
     if not comparison or not comparison.get("decision") or not run:
         return False
-    if any("error" in r for r in comparison.get("strategies", {}).values()):
+    if any(r.failed for r in Comparison.of(comparison).arms.values()):
         return False  # a failed arm is retried
     return run.get("config") == json.loads(json.dumps(config, default=str))
 
@@ -94,25 +95,25 @@ def _number(value: Any) -> float | None:
 
 def _rows(job: dict, keys: list[str]) -> list[dict]:
     base = {"job": job["job"], "status": job["status"], "overrides": {k: job["overrides"].get(k) for k in keys}}
-    c = job["comparison"]
-    if c is None:
+    if job["comparison"] is None:
         return [{**base, "arm": None, "error": job["error"]}]
-    decision = c.get("decision") or {}
+    c = Comparison.of(job["comparison"])
+    decision = c.decision or {}
     verdict = decision.get("verdict") or {}
-    primary = c["primary_metric"]
+    primary = c.primary_metric
     priced = (decision.get("costs") or {}).get("arms") or {}
     rows = []
-    for arm, r in c["strategies"].items():
-        if "@seed" in arm:
+    for arm, r in c.arms.items():
+        if r.is_replicate:
             continue
-        if "error" in r:
-            rows.append({**base, "arm": arm, "error": r["error"]})
+        if r.failed:
+            rows.append({**base, "arm": arm, "error": r.error})
             continue
         interval = ((decision.get("intervals") or {}).get(arm) or {}).get(primary) or {}
         cost = priced.get(arm) or {}
-        rows.append({**base, "arm": arm, "task": c.get("task"), "metric": primary,
-                     "value": interval.get("value", (r.get("metrics") or {}).get(primary)), "ci": interval.get("ci"),
-                     "model": (r.get("model") or {}).get("name_or_path"), "fine_tuned": bool(r.get("training")),
+        rows.append({**base, "arm": arm, "task": c.task, "metric": primary,
+                     "value": interval.get("value", r.metrics.get(primary)), "ci": interval.get("ci"),
+                     "model": (r.model or {}).get("name_or_path"), "fine_tuned": r.fine_tuned,
                      "per_1k_requests": cost.get("per_1k_requests"), "monthly_total": cost.get("monthly_total"),
                      "chosen": arm == verdict.get("choice"), "error": None})
     return rows

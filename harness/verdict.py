@@ -73,10 +73,10 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
         return (f"difference {sign * r['difference']:+.3f}, one-sided {conf} bounds [{low:+.3f}, {high:+.3f}],"
                 f" Holm {_p(r['p_holm'])}")
 
-    selectable_tuned = [a for a in selectable if priced[a]["fine_tuned"]]
+    selectable_tuned = [a for a in selectable if ev.arms[a].fine_tuned]
     comparable = bool(selectable_tuned) and best_plain is not None
     if still_open:
-        kinds = {priced[a]["fine_tuned"] for a in [choice, *still_open]}
+        kinds = {ev.arms[a].fine_tuned for a in [choice, *still_open]}
         justified = (choice in tuned) if comparable and len(kinds) == 1 else None
     else:
         justified = (choice in tuned) if comparable else None
