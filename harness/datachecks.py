@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import phonenumbers
 
-from harness.task import Task, normalize_text
+from harness.task import Task, exact_overlap
 
 PII_PATTERNS = {
     "email": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b"),
@@ -113,14 +113,6 @@ def pii_scan(examples: Sequence) -> dict:
     return {"counts": dict(sorted(counts.items())), "examples": hits}
 
 
-def exact_overlap(heldout: Sequence[tuple[str, str]], other: Sequence[tuple[str, str]]) -> list[dict]:
-    seen = {}
-    for oid, text in other:
-        seen.setdefault(normalize_text(text), oid)
-    return [{"heldout": hid, "other": seen[normalize_text(text)]} for hid, text in heldout
-            if normalize_text(text) in seen]
-
-
 def near_duplicates(heldout_ids: Sequence[str], heldout_vecs: np.ndarray, other_ids: Sequence[str],
                     other_vecs: np.ndarray, threshold: float, skip: set[str] = frozenset(),
                     block: int = 1024) -> list[dict]:
@@ -156,7 +148,7 @@ def run_checks(task: Task, encode: Callable[[Sequence[str]], np.ndarray] | None,
     overlap = {}
     held_vecs = encode([t for _, t in heldout]) if encode else None
     for split, items in others.items():
-        exact = exact_overlap(heldout, items)
+        exact = [{"heldout": h, "other": o} for h, o in exact_overlap(heldout, items)]
         near = []
         if encode:
             near = near_duplicates([i for i, _ in heldout], held_vecs, [i for i, _ in items],

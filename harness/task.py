@@ -107,6 +107,15 @@ def normalize_text(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().casefold()
 
 
+def exact_overlap(heldout: Sequence[tuple[str, str]], other: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(held-out id, id of the first `other` item with the same text) for each held-out (id, text) whose text equals
+    an `other` text after `normalize_text`: the leakage check of load_task and of the data checks."""
+    seen: dict[str, str] = {}
+    for oid, text in other:
+        seen.setdefault(normalize_text(text), oid)
+    return [(hid, seen[normalize_text(text)]) for hid, text in heldout if normalize_text(text) in seen]
+
+
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
     try:
@@ -520,10 +529,9 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
             raise TaskError(f"limit.per_class needs a classification task ({spec.name} is {spec.type}); use "
                             f"limit.train", file=path)
         splits["train"] = per_class(splits["train"], limit_per_class, sample, sample_seed)
-    train_inputs = {normalize_text(ex.input): ex for ex in splits["train"]}
     train_ids = {ex.id for ex in splits["train"]}
-    overlap = tuple((ex.id, train_inputs[normalize_text(ex.input)].id) for ex in splits["heldout"]
-                    if normalize_text(ex.input) in train_inputs)
+    overlap = tuple(exact_overlap([(ex.id, ex.input) for ex in splits["heldout"]],
+                                  [(ex.id, ex.input) for ex in splits["train"]]))
     for name in spec.slices:  # every held-out example names its slice
         missing = next((ex for ex in splits["heldout"] if ex.meta.get(name) in (None, "")), None)
         if missing is not None:
