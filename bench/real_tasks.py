@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness.records import Comparison
+
 ROOT = Path(__file__).resolve().parent.parent
 print = functools.partial(print, flush=True)  # noqa: A001
 
@@ -68,8 +70,9 @@ def run(task: str, spec: dict, model: str, out: Path, arms: list[str] | None,
 def pattern(task: str, comparison: dict) -> tuple[bool | None, str]:
     """Does the outcome match the literature pattern for this kind of task? (None: the run cannot tell)"""
     d, primary = comparison["decision"], comparison["primary_metric"]
-    scores = {a: r["metrics"][primary] for a, r in comparison["strategies"].items() if "error" not in r}
-    tuned = [a for a, r in comparison["strategies"].items() if (r.get("training") or {}) and a in scores]
+    arms = Comparison.from_json(comparison).arms
+    scores = {a: r.metrics[primary] for a, r in arms.items() if r.compared}  # a replicated arm by its mean
+    tuned = [a for a, r in arms.items() if r.fine_tuned and a in scores]
 
     def significant(a: str, b: str) -> bool:
         return any({t["a"], t["b"]} == {a, b} and t["significant"] for t in d["paired_tests"])
@@ -115,18 +118,18 @@ def main() -> None:
                   f"{spec['train'] or 'all'}, {wall / 60:.1f} min")
             print(f"| arm | {primary} [95% CI] | tokens in/req | examples/s | correct/s | train (s) |")
             print("|---|---:|---:|---:|---:|---:|")
-            for arm, r in comparison["strategies"].items():
-                if "error" in r:
-                    print(f"| {arm} | failed: {r['error']} | | | | |")
+            for arm, r in Comparison.from_json(comparison).arms.items():
+                if r.failed:
+                    print(f"| {arm} | failed: {r.error} | | | | |")
                     continue
                 ci = d["intervals"][arm][primary]["ci"]
-                speed = r["usage"]["examples_per_s"] or 0.0
-                train = (r.get("training") or {}).get("wall_s")
-                print(f"| {arm} | {r['metrics'][primary]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
-                      f"{r['usage']['input_tokens']['mean']:.0f} | {speed:.2f} | {r['metrics'][primary] * speed:.2f} | "
+                speed = r.usage.examples_per_s or 0.0
+                train = r.training.wall_s if r.training else None
+                print(f"| {arm} | {r.metrics[primary]:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                      f"{r.usage.input_tokens.mean:.0f} | {speed:.2f} | {r.metrics[primary] * speed:.2f} | "
                       f"{'–' if train is None else f'{train:.0f}'} |")
                 rows.append({"task": task, "model": model, "arm": arm, "metric": primary,
-                             "value": r["metrics"][primary], "ci": ci, "examples_per_s": speed, "train_s": train})
+                             "value": r.metrics[primary], "ci": ci, "examples_per_s": speed, "train_s": train})
             v = d["verdict"]
             literature = (f"; literature pattern: {'matches' if match else 'unclear' if match is None else 'MISMATCH'}"
                           f" — {why}" if why else "")

@@ -71,8 +71,7 @@ def compare_runs(a: Path, b: Path, resamples: int = 2000, seed: int = 0) -> dict
             "git": {"a": (ra.get("git") or {}).get("sha"), "b": (rb.get("git") or {}).get("sha")},
             "model": {"a": ca.get("model", {}).get("name_or_path"), "b": cb.get("model", {}).get("name_or_path")},
             "data": data, "settings": settings, "arms": arms,
-            "only_in_a": [x for x in ca["strategies"] if x not in cb["strategies"]],
-            "only_in_b": [x for x in cb["strategies"] if x not in ca["strategies"]],
+            "only_in_a": [x for x in arms_a if x not in arms_b], "only_in_b": [x for x in arms_b if x not in arms_a],
             "verdict": {k: {"choice": v.get("choice"), "fine_tuning_justified": v.get("fine_tuning_justified"),
                             "summary": v.get("summary")} for k, v in verdict.items()}}
 

@@ -96,8 +96,8 @@ def build_view(run_dir: Path) -> dict:
     add("training_curves.png", plots.training_curves(histories))
     primary = comparison.primary_metric
     others = sorted({m for r in comparison.arms.values() for m in r.metrics} - {primary})
-    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run, "d": decision,
-            "v": decision.get("verdict"),
+    return {"confusions": [n for n in figures if n.startswith("confusion_")], "c": comparison, "run": run,
+            "d": decision, "v": decision.get("verdict"),
             "headline": headline(decision.get("verdict")), "rows": _rows(comparison, details),
             "rules": {a: d["per_rule_pass_rate"] for a, d in details.items() if d.get("per_rule_pass_rate")},
             "others": others, "primary": primary, "figures": figures, "checks": _optional(run_dir / "data_checks.json"),

@@ -351,9 +351,9 @@ class Runner:
             write_json(path, done)
 
     def _expand(self, names: list[str]):
-        """(arm name, configured name, config, extra kwargs, model config or None) per arm. An arm with `seeds: [..]` becomes one
-        replicate per seed; an arm with a `model:` node (`+model@strategies.NAME.model=OPTION`) runs on that
-        model instead of the run's."""
+        """(arm name, configured name, config, extra kwargs, model config or None) per arm. An arm with
+        `seeds: [..]` becomes one replicate per seed (named by records.replicate_name); an arm with a `model:` node
+        (`+model@strategies.NAME.model=OPTION`) runs on that model instead of the run's."""
         for name in names:
             node = self.cfg.strategies[name]
             seeds = node.get("seeds")

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from harness import display
+from harness.records import Comparison
 from harness.results import read_json, write_json
 
 _BAD_NAME = re.compile(r"[^\w\-. /:]")
@@ -142,7 +143,7 @@ class MLflowTracker:
         for name in ("comparison.json", "report.html", "run.json"):
             if (run_dir / name).is_file():
                 self.client.log_artifact(run_id, str(run_dir / name))
-        for arm in comparison["strategies"]:
+        for arm in Comparison.of(comparison).arms:
             prepared = run_dir / arm / "prepare.json"
             adapter = ((read_json(prepared).get("report") or {}).get("adapter") if prepared.is_file() else None)
             if adapter and (Path(adapter) / "training.json").is_file():
@@ -156,8 +157,8 @@ class MLflowTracker:
     def _metrics(comparison: Mapping) -> dict[str, float]:
         out = {}
         intervals = (comparison.get("decision") or {}).get("intervals") or {}
-        for arm, result in comparison["strategies"].items():
-            for metric, value in (result.get("metrics") or {}).items():
+        for arm, result in Comparison.of(comparison).arms.items():
+            for metric, value in result.metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     out[f"{arm}.{metric}"] = float(value)
             for metric, interval in (intervals.get(arm) or {}).items():

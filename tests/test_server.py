@@ -44,6 +44,7 @@ def test_an_arm_served_over_http_beside_arms_on_the_local_model(server, tmp_path
     assert arms["zero_shot"]["model"]["backend"] == "transformers"
     served = arms["prompt_only"]
     assert served["model"]["backend"] == "openai-http" and served["model"]["base_url"] == server.base_url
+    assert served["served_by_api"] and not arms["zero_shot"]["served_by_api"]  # recorded when the result is built
     assert served["n"] == 12 and served["usage"]["input_tokens"]["mean"] > 50  # token counts from the server
     assert served["usage"]["backend"]["requests"] == 12 and served["usage"]["failed"] == 0
     assert "generation" in served["summary"]  # a chat API cannot score labels: auto generates and parses
