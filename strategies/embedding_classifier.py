@@ -32,9 +32,21 @@ DEFAULT_C = 10.0   # used when the train split is too small to carve a dev split
 MIN_DEV = 2
 
 
-def choose_c(scores: dict[float, float]) -> float:
-    """The C with the best dev score; ties go to the smaller C (the stronger regularisation)."""
-    return min(scores, key=lambda c: (-scores[c], c))
+def choose_c(scores: dict[float, float], losses: dict[float, float] | None = None) -> float:
+    """The C with the best dev score (the task's primary metric); ties, common on a small dev split, go to the lower
+    dev log-loss (a finer reading of the same predictions), then to the smaller C."""
+    losses = losses or {}
+    return min(scores, key=lambda c: (-scores[c], losses.get(c, 0.0), c))
+
+
+def log_loss(model: LogisticRegression, vectors: np.ndarray, targets: Sequence[str]) -> float:
+    """Mean negative log-probability of the true label, over the dev examples whose label the model has seen."""
+    column = {str(label): i for i, label in enumerate(model.classes_)}
+    rows = [(i, column[t]) for i, t in enumerate(targets) if t in column]
+    if not rows:
+        return float("inf")
+    log_p = model.predict_log_proba(vectors)
+    return float(-np.mean([log_p[i, j] for i, j in rows]))
 
 
 class EmbeddingClassifier:
@@ -62,8 +74,9 @@ class EmbeddingClassifier:
 
     def describe(self) -> dict:
         return {"kind": "embedding_classifier", "embedder": self.retriever.embedder, "c_grid": self.c_grid,
-                "class_weight": "balanced", "dev_fraction": self.dev_fraction, "max_iter": self.max_iter,
-                "seed": self.seed, "scikit_learn": sklearn.__version__}
+                "class_weight": "balanced", "select_c": "dev primary metric, ties by dev log-loss",
+                "dev_fraction": self.dev_fraction, "max_iter": self.max_iter, "seed": self.seed,
+                "scikit_learn": sklearn.__version__}
 
     def check(self, task: Task, lm=None) -> None:
         """Refuse tasks that are not classification (one line naming the arm)."""
@@ -114,7 +127,7 @@ class EmbeddingClassifier:
         else:
             dev_vecs = train_vecs[[row[ex.id] for ex in dev]] if dev else None
         embed_s = time.perf_counter() - start
-        scores, unconverged = {}, []
+        scores, losses, unconverged = {}, {}, []
         start = time.perf_counter()
         if dev:
             fit_vecs = train_vecs[[row[ex.id] for ex in fit]]
@@ -122,9 +135,10 @@ class EmbeddingClassifier:
                 model, stopped = self._fit(fit_vecs, [ex.target for ex in fit], c)
                 outputs = [str(label) for label in model.predict(dev_vecs)]
                 scores[c] = float(score_examples(task, dev, outputs)["metrics"][task.metric])
+                losses[c] = log_loss(model, dev_vecs, [ex.target for ex in dev])
                 if stopped:
                     unconverged.append(c)
-        chosen = choose_c(scores) if scores else DEFAULT_C
+        chosen = choose_c(scores, losses) if scores else DEFAULT_C
         select_s = time.perf_counter() - start
         start = time.perf_counter()
         self.classifier, stopped = self._fit(train_vecs, [ex.target for ex in task.train], chosen)
@@ -133,7 +147,8 @@ class EmbeddingClassifier:
         return {"summary": f"{self.retriever.embedder.replace('packaged:', '')} + logistic regression, "
                            f"C={chosen:g}{dev_text}",
                 "chosen_c": chosen, "dev": {"source": dev_source, "n": len(dev), "metric": task.metric,
-                                            "scores_by_c": {f"{c:g}": s for c, s in scores.items()}},
+                                            "scores_by_c": {f"{c:g}": s for c, s in scores.items()},
+                                            "log_loss_by_c": {f"{c:g}": v for c, v in losses.items()}},
                 "fit_examples": len(fit), "train_examples": len(task.train),
                 "labels_in_train": len(self.classifier.classes_), "embeddings": embedded,
                 "unconverged_c": unconverged + ([f"final C={chosen:g}"] if stopped else []),

@@ -108,10 +108,15 @@ def test_without_a_dev_split_c_is_chosen_on_a_stratified_carve_of_train(tmp_path
     assert report["fit_examples"] == 16 and report["train_examples"] == 20
     best = max(report["dev"]["scores_by_c"].values())
     assert report["dev"]["scores_by_c"][f"{report['chosen_c']:g}"] == best
+    tied = [c for c, v in report["dev"]["scores_by_c"].items() if v == best]
+    losses = report["dev"]["log_loss_by_c"]
+    assert min(losses[c] for c in tied) == losses[f"{report['chosen_c']:g}"]
 
 
-def test_ties_go_to_the_smaller_c_and_the_grid_is_checked():
-    assert choose_c({0.1: 0.5, 1.0: 0.9, 10.0: 0.9, 100.0: 0.8}) == 1.0
+def test_ties_go_to_the_lower_dev_log_loss_then_the_smaller_c_and_the_grid_is_checked():
+    scores = {0.1: 0.5, 1.0: 0.9, 10.0: 0.9, 100.0: 0.8}
+    assert choose_c(scores, {0.1: 0.2, 1.0: 0.7, 10.0: 0.4, 100.0: 0.1}) == 10.0
+    assert choose_c(scores, {0.1: 0.2, 1.0: 0.4, 10.0: 0.4, 100.0: 0.1}) == choose_c(scores) == 1.0
     with pytest.raises(ConfigError, match="c_grid"):
         EmbeddingClassifier(TableRetriever({"x": [1.0]}), c_grid=[1, 0])
 
