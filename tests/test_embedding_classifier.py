@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from harness import cost
 from harness.errors import ConfigError
 from harness.retriever import Retriever
-from harness.runner import summarize_usage
+from harness.records import Usage
 from harness.strategy import PrepareContext
 from harness.task import load_task
 from strategies.embedding_classifier import EmbeddingClassifier, choose_c
@@ -136,7 +136,7 @@ def test_pricing_is_per_hour_from_its_latency_never_per_token(tmp_path):
     task = load_task(folder)
     strategy = EmbeddingClassifier(TableRetriever(table))
     _prepare(strategy, task, tmp_path)
-    usage = summarize_usage([p.to_json() for p in strategy.predict(task.heldout)])
+    usage = Usage.of_predictions([p.to_json() for p in strategy.predict(task.heldout)]).to_json()
     config = cost.load_cost_config(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "cost" / "example.yaml")))
     assert config.api_prices  # API prices are configured, and still not paid by an arm without an LLM
     arm = {"usage": usage, "metrics": {"accuracy": 1.0}, "prepare_s": 0.5, "training": None,
