@@ -154,22 +154,32 @@ class Retriever:
         index.add(vectors)
         return index
 
-    def build(self, passages: list[Passage], cache_dir: Path, progress=None) -> Corpus:
-        """Embed the passages and build the index, or load both from the cache."""
+    def embed(self, passages: list[Passage], cache_dir: Path, progress=None,
+              what: str = "retrieval: embed corpus") -> tuple[np.ndarray, str, str]:
+        """The passages' normalised embeddings, loaded from the cache or computed and cached; returns them, their
+        cache key and "cached" or "built". Keyed by the embedder and the (id, text) pairs, so every arm embedding
+        the same texts shares one entry."""
         emb_key = _digest(self.identity(), [(p.id, p.text) for p in passages])
-        idx_key = _digest(emb_key, self.index_kind, self.hnsw_m, self.ivf_lists)
         emb_path = Path(cache_dir) / "embeddings" / f"{emb_key}.npy"
-        idx_path = Path(cache_dir) / "indexes" / f"{idx_key}.faiss"
         dim = self.model.get_embedding_dimension()
-        built = {"embeddings": "cached", "index": "cached", "passages": len(passages), "dim": dim}
+        state = "cached"
         emb_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(emb_path) + ".lock"):
             vectors = np.load(emb_path) if emb_path.exists() else None
             if vectors is None or vectors.shape != (len(passages), dim):  # missing, or the embedder changed shape
-                advance = progress("retrieval: embed corpus", len(passages)) if progress else None
+                advance = progress(what, len(passages)) if progress else None
                 vectors = self.encode([p.text for p in passages], advance)
                 _atomic_write(emb_path, lambda tmp: np.save(open(tmp, "wb"), vectors))
-                built["embeddings"] = "built"
+                state = "built"
+        return vectors, emb_key, state
+
+    def build(self, passages: list[Passage], cache_dir: Path, progress=None) -> Corpus:
+        """Embed the passages and build the index, or load both from the cache."""
+        vectors, emb_key, state = self.embed(passages, cache_dir, progress)
+        idx_key = _digest(emb_key, self.index_kind, self.hnsw_m, self.ivf_lists)
+        idx_path = Path(cache_dir) / "indexes" / f"{idx_key}.faiss"
+        dim = vectors.shape[1]
+        built = {"embeddings": state, "index": "cached", "passages": len(passages), "dim": dim}
         idx_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(idx_path) + ".lock"):
             index = faiss.read_index(str(idx_path)) if idx_path.exists() else None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
@@ -133,6 +133,11 @@ def score_strategy(task: Task, records: dict[str, dict], encode=None, extra: dic
             "details": result["details"], "per_example": per_example}
 
 
+def _arm_model(strategy, lm) -> dict:
+    """The model an arm's results name: its own `arm_model` when it uses no LLM, else its LM's description."""
+    return getattr(strategy, "arm_model", None) or lm.describe()
+
+
 class Runner:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg, self.run_dir = cfg, Path(run_dir)
@@ -152,8 +157,8 @@ class Runner:
         cost.load_cost_config(cfg.get("cost"))  # refused before any work, naming the field
         rundata.settings(cfg.get("decision"), seed)
         display.status(f"task {escape(task.name)}: {task.type}, train {len(task.train)}, held-out {len(task.heldout)}")
-        lm = self._model(cfg.model, None)
-        model = lm.describe()
+        lm = self._model(cfg.model, None) if self._uses_run_model(names) else None  # LLM-free arms only: not loaded
+        model = lm.describe() if lm is not None else {"backend": "no LLM", "name_or_path": "none (no arm uses an LLM)"}
         # Preflight: every arm is built, its model loaded or reached, and checked against what its backend can do
         # and what the results folder already holds, before any work is done or anything is written.
         arms: dict[str, tuple] = {}
@@ -164,8 +169,9 @@ class Runner:
             if hasattr(strategy, "check"):
                 strategy.check(task, arm_lm)
             ends = [task.answer_settings()] if task.answer_settings() else []  # how answers end (stop, sentences)
-            key = fingerprint(strategy.describe(), arm_lm.describe(), dict(task.data_hashes), len(task.train), seed,
-                              *ends, *([{"input_chars": task.max_input_chars}] if task.cut_inputs else []))
+            key = fingerprint(strategy.describe(), _arm_model(strategy, arm_lm), dict(task.data_hashes),
+                              len(task.train), seed, *ends,
+                              *([{"input_chars": task.max_input_chars}] if task.cut_inputs else []))
             prepare_path = self.run_dir / arm_name / "prepare.json"
             if prepare_path.exists() and read_json(prepare_path).get("fingerprint") != key:
                 raise ConfigError(f"{prepare_path.parent} holds results of a different configuration of "
@@ -350,6 +356,19 @@ class Runner:
             done["arms"][name] = control.score(tuned[name])
             write_json(path, done)
 
+    def _uses_run_model(self, names: list[str]) -> bool:
+        """False only when every arm's class says `uses_llm = False` (the embedding classifier) and no LLM judge
+        is on: such a run never loads the LLM."""
+        if (self.cfg.get("judge") or {}).get("enabled"):
+            return True
+        for _, node, _, _ in self._expand(names):
+            try:
+                if getattr(get_class(node["_target_"]), "uses_llm", True):
+                    return True
+            except Exception:  # an unknown target: the preflight names it
+                return True
+        return False
+
     def _expand(self, names: list[str]):
         """(arm name, configured name, config, extra kwargs, model config or None) per arm. An arm with
         `seeds: [..]` becomes one replicate per seed (named by records.replicate_name); an arm with a `model:` node
@@ -369,7 +388,7 @@ class Runner:
 
     def _run_strategy(self, name: str, strategy, key: str, target: str, task: Task, lm, seed: int, bars) -> ArmResult:
         folder = self.run_dir / name
-        model = lm.describe()
+        model = _arm_model(strategy, lm)
         prepare_path = folder / "prepare.json"
         ctx = PrepareContext(task=task, lm=lm, workdir=folder, cache_dir=self.cache_dir, seed=seed,
                              progress=bars)
