@@ -361,7 +361,7 @@ class Runner:
         is on: such a run never loads the LLM."""
         if (self.cfg.get("judge") or {}).get("enabled"):
             return True
-        for _, node, _, _ in self._expand(names):
+        for _, _, node, _, _ in self._expand(names):
             try:
                 if getattr(get_class(node["_target_"]), "uses_llm", True):
                     return True
