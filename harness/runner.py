@@ -9,8 +9,8 @@ import errno
 import hashlib
 import json
 import time
-from dataclasses import replace
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -386,8 +386,7 @@ class Runner:
                     raise ConfigError(f"must be a list of whole numbers, got {s!r}", field=f"strategies.{name}.seeds")
                 yield replicate_name(name, int(s)), name, plain, {"seed": int(s)}, model
 
-    def _run_strategy(self, name: str, strategy, key: str, target: str, task: Task, lm, seed: int,
-                      bars) -> ArmResult:
+    def _run_strategy(self, name: str, strategy, key: str, target: str, task: Task, lm, seed: int, bars) -> ArmResult:
         folder = self.run_dir / name
         model = _arm_model(strategy, lm)
         prepare_path = folder / "prepare.json"

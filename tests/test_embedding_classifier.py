@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from harness import cost
 from harness.errors import ConfigError
+from harness.records import ArmResult, Usage
 from harness.retriever import Retriever
-from harness.records import Usage
 from harness.strategy import PrepareContext
 from harness.task import load_task
 from strategies.embedding_classifier import EmbeddingClassifier, choose_c
@@ -136,16 +136,16 @@ def test_pricing_is_per_hour_from_its_latency_never_per_token(tmp_path):
     task = load_task(folder)
     strategy = EmbeddingClassifier(TableRetriever(table))
     _prepare(strategy, task, tmp_path)
-    usage = Usage.of_predictions([p.to_json() for p in strategy.predict(task.heldout)]).to_json()
+    usage = Usage.of_predictions([p.to_json() for p in strategy.predict(task.heldout)])
     config = cost.load_cost_config(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "cost" / "example.yaml")))
     assert config.api_prices  # API prices are configured, and still not paid by an arm without an LLM
-    arm = {"usage": usage, "metrics": {"accuracy": 1.0}, "prepare_s": 0.5, "training": None,
-           "model": strategy.arm_model}
+    arm = ArmResult.measured("embedding_classifier", usage=usage, metrics={"accuracy": 1.0}, prepare_s=0.5,
+                             training=None, model=strategy.arm_model)
     priced = cost.arm_cost(arm, config, "accuracy")
     assert priced["pricing"] == "per_hour" and not priced["fine_tuned"]
     assert math.isfinite(priced["per_1k_requests"]) and priced["per_1k_requests"] > 0
     assert priced["per_1k_requests"] == pytest.approx(
-        config.price_per_hour * usage["latency_s"]["total"] / usage["n"] * 1000 / 3600)
+        config.price_per_hour * usage.latency_s.total / usage.n * 1000 / 3600)
     assert priced["one_off_parts"]["setup_compute"] > 0 and priced["recurring_per_month"] == 0
     assert math.isfinite(priced["monthly_total"]) and priced["monthly_total"] > 0
 

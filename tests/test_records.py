@@ -4,6 +4,7 @@ existed (replicates named `arm@seedN`, no `fine_tuned` or `served_by_api`), and 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from rich.console import Console
@@ -159,3 +160,17 @@ def test_the_terminal_table_and_the_report_show_the_same_rows():
         wide.print(display.comparison_table(raw))
     shown = captured.get()
     assert "prompt_only@seed1" in shown and "lora ✓" in shown and "30 cached" in shown and "$2.00" in shown
+
+
+def test_only_records_reads_the_replicate_naming_and_the_api_backend_name():
+    from tests.conftest import ROOT
+
+    code = {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8")
+            for folder in ("harness", "strategies") for p in (ROOT / folder).rglob("*.py")}
+    assert [p for p, text in code.items() if "@seed" in text] == ["harness/records.py"]
+    readers = ("cost", "decide", "choice", "caveats", "verdict", "display", "rows", "report", "plots", "curve",
+               "compare", "sweep", "sweep_report", "record", "rundata", "tracking")
+    # they read ArmResult.served_by_api and .fine_tuned: none names a backend or infers tuning from `training`
+    assert [r for r in readers if "openai-http" in code[f"harness/{r}.py"]] == []
+    assert [r for r in readers if re.search(r"bool\((r\.get\(|arm\.get\(|result\.get\()?[\"']?training|bool\(t\)",
+                                            code[f"harness/{r}.py"])] == []
