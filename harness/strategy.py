@@ -41,7 +41,9 @@ class PrepareContext:
 class Strategy(Protocol):
     """Built by Hydra from `conf/strategies/NAME.yaml` (`_target_`) with `name=<arm name>` added, so messages and
     config errors can name the arm. An arm that changes the model's weights also exposes `tuned_lm` (the LM it
-    predicts with after prepare), which the forgetting check scores on a control set."""
+    predicts with after prepare), which the forgetting check scores on a control set. An arm that uses no LLM (the
+    embedding classifier) sets `uses_llm = False` on its class (a run of only such arms loads no LLM) and exposes
+    `arm_model`, the model description its results carry instead of the LLM's (`{"backend": "no LLM", ...}`)."""
 
     def check(self, task: Task, lm: Any) -> None:
         """Refuse, before any arm runs, what the task or the arm's model backend cannot do (ConfigError naming the
