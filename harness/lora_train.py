@@ -359,6 +359,7 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
         "prompts_truncated": truncated, "shared_prefix_tokens": len(prefix), "epochs_run": len(history),
         "best_epoch": best_epoch, "stop_reason": stop_reason, "optimizer_steps": updates,
         "min_steps": floor if cfg.auto_epochs else None, "max_epochs": epoch_cap, "patience": patience,
+        "lr_schedule": "warm-up, then constant" if cfg.auto_epochs else "warm-up, then linear decay",
         "history": history, "wall_s": wall, "train_steps_s": step_s, "tokens_seen": tokens_seen,
         "tokens_per_s": tokens_seen / step_s if step_s else None,  # training steps only (dev evaluation excluded)
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda"

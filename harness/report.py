@@ -54,6 +54,9 @@ def _rows(comparison: Mapping, details: Mapping[str, Mapping] | None = None) -> 
             "tokens_in": fmt(u["input_tokens"]["mean"], 1), "tokens_out": fmt(u["output_tokens"]["mean"], 1),
             "latency": fmt(u["latency_s"]["mean"]),
             "memory": f"{t['peak_memory_mb'] / 1024:.1f} GB" if t.get("peak_memory_mb") else "–",
+            "epochs": (f"best epoch {t['best_epoch']} of {t['epochs_run']}, stopped: {t['stop_reason']}"
+                       + (f", {t['optimizer_steps']} optimizer steps" if t.get("optimizer_steps") else "")
+                       if t.get("stop_reason") else ""),  # runs before epochs auto recorded no stop reason
             "chosen": arm == (decision.get("verdict") or {}).get("choice"), "fine_tuned": bool(t)})
     return rows
 

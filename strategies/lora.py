@@ -77,6 +77,27 @@ def split_dev(task: Task, fraction: float, seed: int) -> tuple[list[Example], li
             f"{len(dev_ids)} carved from train (seed {seed})")
 
 
+def training_pairs(task: Task, prompts, examples: Sequence[Example]) -> list[tuple[str, str]]:
+    """(prompt, target text) pairs: exactly the inference prompt (no example among its own demonstrations)."""
+    built, _, _ = prompts.build(examples, exclude_self=True)
+    return [(p, target_text(task, ex.target)) for p, ex in zip(built, examples)]
+
+
+def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_tokens):
+    """The task's primary metric on dev for a model being trained (select_on: dev_metric)."""
+    from harness.scoring import score_examples
+
+    built, _, _ = prompts.build(dev, exclude_self=True)
+
+    def metric(tuned) -> float:
+        tuned.model.eval()
+        preds = inference.predict(task, tuned, dev, built, decode=mode, max_new_tokens=new_tokens)
+        tuned.model.train()
+        result = score_examples(task, dev, [p.output for p in preds])
+        return result["metrics"][task.metric]
+    return metric
+
+
 CONF = Path(__file__).resolve().parent.parent / "conf" / "strategies"
 RUNNER_KEYS = ("_target_", "defaults", "seeds", "model")  # read by Hydra or the runner, never passed to the arm
 ARM_KEYS = ("dev_fraction", "select_on", "merge", "seed", "decode", "max_new_tokens", "template")  # not training
@@ -197,22 +218,10 @@ class LoRA:
                 f"{training['wall_s']:.0f}s train{' (cached)' if cached else ''}")
 
     def _pairs(self, examples: Sequence[Example]) -> list[tuple[str, str]]:
-        prompts, _, _ = self.prompts.build(examples, exclude_self=True)
-        return [(p, target_text(self.task, ex.target)) for p, ex in zip(prompts, examples)]
+        return training_pairs(self.task, self.prompts, examples)
 
     def _dev_metric(self, dev: Sequence[Example]):
-        from harness.scoring import score_examples
-
-        prompts, _, _ = self.prompts.build(dev, exclude_self=True)
-
-        def metric(tuned) -> float:
-            tuned.model.eval()
-            preds = inference.predict(self.task, tuned, dev, prompts, decode=self.mode,
-                                      max_new_tokens=self.new_tokens)
-            tuned.model.train()
-            result = score_examples(self.task, dev, [p.output for p in preds])
-            return result["metrics"][self.task.metric]
-        return metric
+        return dev_metric(self.task, self.prompts, dev, self.mode, self.new_tokens)
 
     @property
     def tuned_lm(self):
