@@ -60,9 +60,11 @@ def dev_loss(model, lm, dev_pairs) -> float:
 
 def run_ours(lm, train_pairs, dev_pairs) -> dict:
     from harness.lora_train import TrainConfig, train_lora
+    from strategies.lora import lora_defaults  # the rest of the settings: conf/strategies/lora.yaml
 
     with tempfile.TemporaryDirectory() as out:
-        report = train_lora(lm, train_pairs, dev_pairs, TrainConfig(**LORA), Path(out), seed=0)
+        cfg = TrainConfig.from_settings({**lora_defaults(), **LORA})
+        report = train_lora(lm, train_pairs, dev_pairs, cfg, Path(out), seed=0)
         from peft import PeftModel
         import copy
         model = PeftModel.from_pretrained(copy.deepcopy(lm.model), out)

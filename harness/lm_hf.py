@@ -147,17 +147,19 @@ class TransformersLM:
         return view
 
     def train_adapter(self, train_pairs, dev_pairs, config: dict, out_dir: Path, seed: int, progress=None,
-                      dev_metric=None) -> dict:
-        """Train a LoRA adapter on (prompt, target) pairs (harness.lora_train); see TrainConfig for settings."""
+                      dev_metric=None, full: bool = False) -> dict:
+        """Train a LoRA adapter on (prompt, target) pairs (harness.lora_train); see TrainConfig for settings. With
+        full, every weight is trained and the whole model saved (load it with with_weights)."""
         import dataclasses
 
         from harness.lora_train import TrainConfig, train_lora
 
-        cfg, retries = TrainConfig(**config), []
+        cfg, retries = TrainConfig.from_settings(config), []
         while True:
             try:
                 report = train_lora(self, train_pairs, dev_pairs, cfg, Path(out_dir), seed, progress,
-                                    (lambda model: dev_metric(self.with_model(model))) if dev_metric else None)
+                                    (lambda model: dev_metric(self.with_model(model))) if dev_metric else None,
+                                    full=full)
                 return {**report, "oom_retries": retries}
             except torch.OutOfMemoryError:  # GPU out of memory: halve the batch, keep the effective batch size
                 if cfg.batch_size == 1:
@@ -166,6 +168,11 @@ class TransformersLM:
                     torch.cuda.empty_cache()
                 cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // 2, grad_accum=cfg.grad_accum * 2)
                 retries.append({"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum})
+
+    def with_weights(self, path: str | Path) -> "TransformersLM":
+        """The same wrapper around a fully fine-tuned copy of the model saved at path (train_adapter(full=True))."""
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=self.dtype)
+        return self.with_model(model.to(self.device).eval(), adapter=str(path))
 
     def with_adapter(self, path: str | Path, merge: bool = True) -> "TransformersLM":
         from peft import PeftModel

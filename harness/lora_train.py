@@ -14,14 +14,14 @@ import math
 import random
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from harness.errors import ConfigError
 from harness.lm import cut_middle
@@ -30,31 +30,63 @@ from harness.lm_hf import common_prefix
 
 @dataclass(frozen=True)
 class TrainConfig:
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    learning_rate: float = 2e-4
-    epochs: int = 3
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 512
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0   # gradient clipping, as transformers' Trainer does by default
-    patience: int = 1            # epochs without dev improvement before stopping
-    dtype: str = "auto"          # auto: bf16 autocast on CUDA or a CPU with native bf16, else fp32
-    group_by_length: bool = True
-    target_only_logits: bool = True
-    shared_prefix: bool = True   # run the prompt prefix all examples share once per batch
-    qlora: bool = False          # 4-bit base (bitsandbytes), CUDA only
+    """The training settings. No defaults here: they live in conf/strategies/lora.yaml, the one source (code built
+    outside Hydra reads that file through strategies.lora.lora_defaults)."""
+
+    rank: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
+    learning_rate: float
+    epochs: int | str            # a number, or "auto": until the dev criterion plateaus (min_steps, max_epochs)
+    patience: int | str          # epochs without dev improvement before stopping; auto: 2 with epochs auto, else 1
+    min_steps: int               # epochs auto: optimizer steps before a plateau may stop training
+    max_epochs: int              # epochs auto: the cap
+    batch_size: int
+    grad_accum: int
+    max_length: int
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float         # gradient clipping, as transformers' Trainer does by default
+    dtype: str                   # auto: bf16 autocast on CUDA or a CPU with native bf16, else fp32
+    group_by_length: bool
+    target_only_logits: bool
+    shared_prefix: bool          # run the prompt prefix all examples share once per batch
+    qlora: bool                  # 4-bit base (bitsandbytes), CUDA only
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> "TrainConfig":
+        """The training fields of an arm's settings (other keys are the arm's own); every field must be given."""
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in settings]
+        if missing:
+            raise ConfigError(f"missing training setting(s) {', '.join(missing)} (defaults: "
+                              f"conf/strategies/lora.yaml)", field=missing[0])
+        values = {n: settings[n] for n in names}
+        return cls(**{**values, "target_modules": tuple(values["target_modules"])})
 
     def __post_init__(self):
-        for name in ("rank", "alpha", "epochs", "batch_size", "grad_accum", "max_length"):
+        for name in ("rank", "alpha", "batch_size", "grad_accum", "max_length", "max_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"must be ≥ 1, got {getattr(self, name)}", field=name)
+        for name in ("epochs", "patience"):
+            value = getattr(self, name)
+            if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"must be auto or a whole number ≥ 1, got {value!r}", field=name)
+        if int(self.min_steps) < 0:
+            raise ConfigError(f"must be ≥ 0, got {self.min_steps}", field="min_steps")
         if not 0 < self.learning_rate < 1:
             raise ConfigError(f"must be in (0, 1), got {self.learning_rate}", field="learning_rate")
+
+    @property
+    def auto_epochs(self) -> bool:
+        return self.epochs == "auto"
+
+    @property
+    def stop_patience(self) -> int:
+        if self.patience != "auto":
+            return int(self.patience)
+        return 2 if self.auto_epochs else 1
 
 
 class TrainingDiverged(RuntimeError):
@@ -187,15 +219,14 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[tuple[str, str]], cfg: TrainConfig,
-               out_dir: Path, seed: int, progress: Callable[[str, int], Callable[[int], None]] | None = None,
-               dev_metric: Callable[[torch.nn.Module], float] | None = None) -> dict:
-    """Train a LoRA adapter on (prompt, target) pairs, keep the epoch with the best dev loss (or dev metric), stop
-    early, save the adapter (safetensors + peft config) to out_dir. Returns the training report."""
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
+def build_trainable(lm, cfg: TrainConfig, full: bool):
+    """The model to train: the base wrapped in a peft LoRA adapter, or (full) a float32 copy of the whole base with
+    every weight trainable."""
     device = lm.device
-    precision = autocast_dtype(cfg.dtype, device)
+    if full:
+        model = copy.deepcopy(lm.model).float()  # AdamW on fp32 weights (strategies/full_ft.py estimates the memory)
+        model.config.use_cache = False
+        return model.requires_grad_(True)
     if cfg.qlora:
         base = load_4bit_base(lm)
     else:
@@ -204,9 +235,26 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     peft_cfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     try:
-        model = get_peft_model(base, peft_cfg)
+        return get_peft_model(base, peft_cfg)
     except ValueError as e:
         raise ConfigError(f"{e}", field="target_modules") from None
+
+
+def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[tuple[str, str]], cfg: TrainConfig,
+               out_dir: Path, seed: int, progress: Callable[[str, int], Callable[[int], None]] | None = None,
+               dev_metric: Callable[[torch.nn.Module], float] | None = None, full: bool = False) -> dict:
+    """Train a LoRA adapter (or, with full, every weight of the model) on (prompt, target) pairs, keep the epoch with
+    the best dev loss (or dev metric), stop early, save the adapter (safetensors + peft config) or the whole model
+    to out_dir. Returns the training report.
+
+    Epochs: a number trains at most that many (linear decay after warm-up, stopping after `patience` epochs without
+    dev improvement); "auto" trains until the dev criterion has not improved for `patience` epochs, but never
+    fewer than `min_steps` optimizer steps and never more than `max_epochs` epochs."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    device = lm.device
+    precision = autocast_dtype(cfg.dtype, device)
+    model = build_trainable(lm, cfg, full)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     train, truncated = encode_pairs(lm, train_pairs, cfg.max_length)
@@ -217,10 +265,22 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    total_updates = math.ceil(steps_per_epoch / cfg.grad_accum) * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_updates), total_updates)
+    updates_per_epoch = math.ceil(steps_per_epoch / cfg.grad_accum)
+    if cfg.auto_epochs:
+        # Warm-up, then a constant learning rate: a decaying schedule must know the number of updates in advance,
+        # and "until the dev criterion stops improving" does not. Decaying over max_epochs instead would leave the
+        # rate at an arbitrary point when the plateau comes (a different one for every train size).
+        epoch_cap, floor = cfg.max_epochs, cfg.min_steps
+        scheduler = get_constant_schedule_with_warmup(optimizer,
+                                                      int(cfg.warmup_ratio * max(floor, updates_per_epoch)))
+    else:
+        epoch_cap, floor = int(cfg.epochs), 0
+        total_updates = updates_per_epoch * epoch_cap
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_updates), total_updates)
+    patience = cfg.stop_patience
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     pad = lm.tokenizer.pad_token_id
+    trained_names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
 
     def evaluate() -> float:
         model.eval()
@@ -232,11 +292,14 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
         model.train()
         return loss_sum / max(1, count)
 
-    history, best, best_state, bad_epochs, tokens_seen, step_s = [], None, None, 0, 0, 0.0
+    history, best, best_state, bad_epochs, tokens_seen, step_s, updates = [], None, None, 0, 0, 0.0, 0
+    stop_reason = "max_epochs" if cfg.auto_epochs else "fixed epochs"
+    kind = "full_ft" if full else "lora"
     start = time.perf_counter()
-    advance = progress("lora: train", steps_per_epoch * cfg.epochs) if progress else None
+    advance = progress(f"{kind}: train" + (f" (≤ {epoch_cap} ep)" if cfg.auto_epochs else ""),
+                       steps_per_epoch * epoch_cap) if progress else None
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(1, epoch_cap + 1):
         loss_sum, count = 0.0, 0
         for idx in batches(train, cfg.batch_size, rng, cfg.group_by_length):
             step_start = time.perf_counter()
@@ -250,6 +313,7 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
                 accelerator.backward(loss / max(1, n))
                 if cfg.max_grad_norm and accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                updates += int(accelerator.sync_gradients)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -258,7 +322,8 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
             if advance:
                 advance(1)
         dev_loss = evaluate()
-        record = {"epoch": epoch, "train_loss": loss_sum / max(1, count), "dev_loss": dev_loss}
+        record = {"epoch": epoch, "train_loss": loss_sum / max(1, count), "dev_loss": dev_loss,
+                  "optimizer_steps": updates}
         if dev_metric is not None:
             record["dev_metric"] = dev_metric(accelerator.unwrap_model(model))
         history.append(record)
@@ -266,26 +331,36 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
         if best is None or score < best:
             best, bad_epochs = score, 0
             best_state = {k: v.detach().clone() for k, v in accelerator.unwrap_model(model).state_dict().items()
-                          if "lora_" in k}
+                          if k in trained_names}
         else:
             bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                break
+        if bad_epochs >= patience and updates >= floor:  # the floor keeps a small train set training
+            stop_reason = "plateau"
+            break
     wall = time.perf_counter() - start
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.load_state_dict(best_state, strict=False)
-    unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
+    if full:  # the whole model, in the base model's dtype, loadable with from_pretrained
+        unwrapped.to(next(lm.model.parameters()).dtype).save_pretrained(str(out_dir), safe_serialization=True)
+    else:
+        unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
     best_epoch = min(history, key=lambda r: -r["dev_metric"] if dev_metric is not None else r["dev_loss"])["epoch"]
     last = history[-1]
     warnings = []
     if last["train_loss"] < 0.25 * last["dev_loss"]:
         warnings.append(f"memorising: train loss {last['train_loss']:.3f} is far below dev loss "
                         f"{last['dev_loss']:.3f}")
+    if stop_reason != "plateau" and best_epoch == last["epoch"] and len(history) > 1:
+        warnings.append(f"dev {'metric' if dev_metric is not None else 'loss'} still improving at the last epoch "
+                        f"({last['epoch']}): more epochs may help" + (" (max_epochs)" if cfg.auto_epochs else ""))
     return {
-        "config": {**asdict(cfg), "target_modules": list(cfg.target_modules)}, "seed": seed,
+        "config": {**asdict(cfg), "target_modules": list(cfg.target_modules)}, "seed": seed, "method": kind,
         "device": str(device), "autocast": precision, "train_examples": len(train), "dev_examples": len(dev),
-        "prompts_truncated": truncated, "shared_prefix_tokens": len(prefix), "epochs_run": len(history), "best_epoch": best_epoch, "history": history,
-        "wall_s": wall, "train_steps_s": step_s, "tokens_seen": tokens_seen,
+        "prompts_truncated": truncated, "shared_prefix_tokens": len(prefix), "epochs_run": len(history),
+        "best_epoch": best_epoch, "stop_reason": stop_reason, "optimizer_steps": updates,
+        "min_steps": floor if cfg.auto_epochs else None, "max_epochs": epoch_cap, "patience": patience,
+        "lr_schedule": "warm-up, then constant" if cfg.auto_epochs else "warm-up, then linear decay",
+        "history": history, "wall_s": wall, "train_steps_s": step_s, "tokens_seen": tokens_seen,
         "tokens_per_s": tokens_seen / step_s if step_s else None,  # training steps only (dev evaluation excluded)
         "peak_memory_mb": peak_memory_mb(device), "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda"
         else "process_max_rss", "trainable_parameters": trainable, "total_parameters": total, "warnings": warnings,

@@ -431,7 +431,8 @@ class Runner:
             training = {**{k: training.get(k) for k in ("wall_s", "tokens_seen", "tokens_per_s", "peak_memory_mb",
                                                          "peak_memory_kind", "device", "autocast",
                                                          "trainable_parameters", "train_examples",
-                                                         "dev_examples", "best_epoch", "history")},
+                                                         "dev_examples", "best_epoch", "epochs_run", "stop_reason",
+                                                         "optimizer_steps", "method", "history")},
                         "cached": report.get("cached", False)}
         return ArmResult.measured(name, summary=report.get("summary", ""), metrics=metrics["metrics"], n=metrics["n"],
                                   prepare_s=prepare_s, training=Training.from_json(training), usage=usage,

@@ -8,6 +8,8 @@ how the combined arm is composed (strategies/combined.py).
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import json
 import random
@@ -16,7 +18,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from filelock import FileLock
 
@@ -75,28 +77,101 @@ def split_dev(task: Task, fraction: float, seed: int) -> tuple[list[Example], li
             f"{len(dev_ids)} carved from train (seed {seed})")
 
 
+def training_pairs(task: Task, prompts, examples: Sequence[Example]) -> list[tuple[str, str]]:
+    """(prompt, target text) pairs: exactly the inference prompt (no example among its own demonstrations)."""
+    built, _, _ = prompts.build(examples, exclude_self=True)
+    return [(p, target_text(task, ex.target)) for p, ex in zip(built, examples)]
+
+
+def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_tokens):
+    """The task's primary metric on dev for a model being trained (select_on: dev_metric)."""
+    from harness.scoring import score_examples
+
+    built, _, _ = prompts.build(dev, exclude_self=True)
+
+    def metric(tuned) -> float:
+        tuned.model.eval()
+        preds = inference.predict(task, tuned, dev, built, decode=mode, max_new_tokens=new_tokens)
+        tuned.model.train()
+        result = score_examples(task, dev, [p.output for p in preds])
+        return result["metrics"][task.metric]
+    return metric
+
+
+CONF = Path(__file__).resolve().parent.parent / "conf" / "strategies"
+RUNNER_KEYS = ("_target_", "defaults", "seeds", "model")  # read by Hydra or the runner, never passed to the arm
+ARM_KEYS = ("dev_fraction", "select_on", "merge", "seed", "decode", "max_new_tokens", "template")  # not training
+
+
+@functools.cache
+def _yaml_defaults() -> dict:
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(OmegaConf.load(CONF / "lora.yaml"))
+    return {k: v for k, v in data.items() if k not in RUNNER_KEYS}
+
+
+def lora_defaults() -> dict:
+    """The LoRA settings' defaults: conf/strategies/lora.yaml, their one source (combined.yaml and full_ft.yaml
+    inherit them through Hydra defaults; code built outside Hydra, such as tests, reads them here)."""
+    return copy.deepcopy(_yaml_defaults())
+
+
+def arm_settings(given: Mapping[str, Any], name: str, own: Mapping[str, Any] | None = None) -> dict:
+    """The given settings over the defaults (lora.yaml, plus an arm's `own` extra keys); an unknown key is refused
+    with one line naming it."""
+    known = {**lora_defaults(), **(own or {})}
+    unknown = [k for k in given if k not in known]
+    if unknown:
+        raise ConfigError(f"unknown setting for arm {name!r} (known: {', '.join(known)})",
+                          field=f"strategies.{name}.{unknown[0]}")
+    return {**known, **given}
+
+
+def cache_folder(cache_dir: Path, kind: str, key_parts: list) -> tuple[Path, str]:
+    """Where a trained artefact of this kind lives, keyed by content (model, data, settings, seed). Each kind has
+    its own folder and its name enters the key, so a LoRA adapter and a fully fine-tuned model never collide."""
+    key = hashlib.sha256(json.dumps([kind, *key_parts], sort_keys=True, default=list).encode()).hexdigest()[:20]
+    return Path(cache_dir) / ("adapters" if kind == "lora" else kind) / key, key
+
+
+def train_cached(folder: Path, key: str, train: Callable[[Path], dict]) -> tuple[dict, bool]:
+    """The training report of the artefact in folder, training it first (into a temporary folder renamed when
+    complete) unless a finished one is there; a second run waits for, then reuses, the first's."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / "training.json").is_file():
+            return read_json(folder / "training.json"), True
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+        try:  # an interrupted run leaves only this temporary folder: never used as finished
+            training = train(tmp)
+            write_json(tmp / "training.json", training)
+            tmp.rename(folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return training, False
+
+
+def stop_words(training: dict) -> str:
+    """'best 5, plateau': the chosen epoch and why training stopped, for summaries (older reports: best only)."""
+    reason = training.get("stop_reason")
+    return f"best {training['best_epoch']}" + (f", {reason}" if reason else "")
+
+
 class LoRA:
-    def __init__(self, rank: int = 8, alpha: int = 16, dropout: float = 0.05,
-                 target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"), learning_rate: float = 2e-4,
-                 epochs: int = 3, batch_size: int = 8, grad_accum: int = 1, max_length: int = 512,
-                 warmup_ratio: float = 0.06, weight_decay: float = 0.0, max_grad_norm: float = 1.0, patience: int = 1, dtype: str = "auto",
-                 group_by_length: bool = True, target_only_logits: bool = True, shared_prefix: bool = True,
-                 qlora: bool = False,
-                 dev_fraction: float = 0.15, select_on: str = "dev_loss", merge: bool = True, seed: int | None = None,
-                 decode: str = "auto", max_new_tokens: int | str = "auto", template: dict | None = None,
-                 prompts=None,
-                 name: str = "lora"):
-        if select_on not in ("dev_loss", "dev_metric"):
-            raise ConfigError(f"must be dev_loss or dev_metric, got {select_on!r}", field=f"strategies.{name}.select_on")
-        self.train_config = {"rank": rank, "alpha": alpha, "dropout": dropout, "target_modules": tuple(target_modules),
-                             "learning_rate": learning_rate, "epochs": epochs, "batch_size": batch_size,
-                             "grad_accum": grad_accum, "max_length": max_length, "warmup_ratio": warmup_ratio,
-                             "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "patience": patience, "dtype": dtype,
-                             "group_by_length": group_by_length, "target_only_logits": target_only_logits,
-                             "shared_prefix": shared_prefix, "qlora": qlora}
-        self.dev_fraction, self.select_on, self.merge, self.seed = dev_fraction, select_on, merge, seed
-        self.decode, self.max_new_tokens, self.name = decode, max_new_tokens, name
-        self.prompts = prompts or InstructionPrompts(template_from_config(template))
+    """Settings: conf/strategies/lora.yaml (every key, with its default and meaning); missing keys take those
+    defaults, unknown keys are refused."""
+
+    def __init__(self, prompts=None, name: str = "lora", **settings):
+        s = arm_settings(settings, name)
+        if s["select_on"] not in ("dev_loss", "dev_metric"):
+            raise ConfigError(f"must be dev_loss or dev_metric, got {s['select_on']!r}",
+                              field=f"strategies.{name}.select_on")
+        self.train_config = {k: tuple(v) if k == "target_modules" else v for k, v in s.items() if k not in ARM_KEYS}
+        self.dev_fraction, self.select_on, self.merge, self.seed = (s["dev_fraction"], s["select_on"], s["merge"],
+                                                                    s["seed"])
+        self.decode, self.max_new_tokens, self.name = s["decode"], s["max_new_tokens"], name
+        self.prompts = prompts or InstructionPrompts(template_from_config(s["template"]))
 
     def describe(self) -> dict:
         return {"kind": "lora", **{k: list(v) if isinstance(v, tuple) else v for k, v in self.train_config.items()},
@@ -122,24 +197,11 @@ class LoRA:
                   "max_new_tokens": self.new_tokens}
         train_pairs = self._pairs(train)
         dev_pairs = self._pairs(dev)
-        key = hashlib.sha256(json.dumps([base.describe(), train_pairs, dev_pairs, self.describe(), seed],
-                                        sort_keys=True, default=list).encode()).hexdigest()[:20]
-        folder = Path(ctx.cache_dir) / "adapters" / key
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(folder) + ".lock"):  # a second run waits for, then reuses, the adapter
-            if (folder / "training.json").is_file():
-                training, cached = read_json(folder / "training.json"), True
-            else:
-                tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
-                try:  # an interrupted run leaves only this temporary folder: never used as finished
-                    metric = self._dev_metric(dev) if self.select_on == "dev_metric" else None
-                    training = base.train_adapter(train_pairs, dev_pairs, self.train_config, tmp, seed,
-                                                  ctx.progress, metric)
-                    write_json(tmp / "training.json", training)
-                    tmp.rename(folder)
-                finally:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                cached = False
+        folder, key = cache_folder(ctx.cache_dir, "lora", [base.describe(), train_pairs, dev_pairs, self.describe(),
+                                                             seed])
+        training, cached = train_cached(folder, key, lambda out: base.train_adapter(
+            train_pairs, dev_pairs, self.train_config, out, seed, ctx.progress,
+            self._dev_metric(dev) if self.select_on == "dev_metric" else None))
         start = time.perf_counter()
         self.lm = base.with_adapter(folder, merge=self.merge)
         self.prompts.lm = self.lm
@@ -152,26 +214,14 @@ class LoRA:
 
     def _summary(self, training: dict, cached: bool) -> str:
         c = self.train_config
-        return (f"LoRA r={c['rank']}, {training['epochs_run']} ep (best {training['best_epoch']}), "
+        return (f"LoRA r={c['rank']}, {training['epochs_run']} ep ({stop_words(training)}), "
                 f"{training['wall_s']:.0f}s train{' (cached)' if cached else ''}")
 
     def _pairs(self, examples: Sequence[Example]) -> list[tuple[str, str]]:
-        prompts, _, _ = self.prompts.build(examples, exclude_self=True)
-        return [(p, target_text(self.task, ex.target)) for p, ex in zip(prompts, examples)]
+        return training_pairs(self.task, self.prompts, examples)
 
     def _dev_metric(self, dev: Sequence[Example]):
-        from harness.scoring import score_examples
-
-        prompts, _, _ = self.prompts.build(dev, exclude_self=True)
-
-        def metric(tuned) -> float:
-            tuned.model.eval()
-            preds = inference.predict(self.task, tuned, dev, prompts, decode=self.mode,
-                                      max_new_tokens=self.new_tokens)
-            tuned.model.train()
-            result = score_examples(self.task, dev, [p.output for p in preds])
-            return result["metrics"][self.task.metric]
-        return metric
+        return dev_metric(self.task, self.prompts, dev, self.mode, self.new_tokens)
 
     @property
     def tuned_lm(self):

@@ -11,7 +11,7 @@ from harness.lm_hf import TransformersLM
 from harness.lora_train import collate, encode_pairs, target_loss
 from harness.strategy import PrepareContext
 from harness.task import load_task
-from strategies.lora import LoRA, split_dev
+from strategies.lora import LoRA, lora_defaults, split_dev
 
 
 def _no_bars(description, total):
@@ -143,7 +143,8 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tiny_model
     monkeypatch.setattr(lora_train, "train_lora", short_of_memory)
     lm = TransformersLM(str(tiny_model))
     pairs = [(f"prompt {i}", "positive" if i % 2 else "negative") for i in range(8)]
-    report = lm.train_adapter(pairs, pairs[:4], {"batch_size": 8, "epochs": 1, "dtype": "fp32"}, tmp_path, 0)
+    report = lm.train_adapter(pairs, pairs[:4], {**lora_defaults(), "batch_size": 8, "epochs": 1, "dtype": "fp32"},
+                              tmp_path, 0)
     assert calls == [(8, 1), (4, 2), (2, 4)]
     assert report["oom_retries"] == [{"batch_size": 4, "grad_accum": 2}, {"batch_size": 2, "grad_accum": 4}]
 

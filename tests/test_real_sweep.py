@@ -15,7 +15,8 @@ ARMS = ("zero_shot", "prompt_only", "retrieval", "lora")
 def test_demo_sweep_on_the_packaged_model(tmp_path):
     out = tmp_path / "run"
     r = run_harness("task=support_triage", f"results_dir={out}", "limit.heldout=40", "limit.train=120",
-                    f"strategies=[{','.join(ARMS)}]", f"cache_dir={tmp_path / 'cache'}", timeout=1200)
+                    f"strategies=[{','.join(ARMS)}]", f"cache_dir={tmp_path / 'cache'}",
+                    "strategies.lora.max_epochs=2", timeout=1200)  # epochs auto, capped: this test stays fast
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     comparison = json.loads((out / "comparison.json").read_text())
     assert comparison["model"]["name_or_path"] == "packaged:smollm2-135m-instruct"
