@@ -172,6 +172,7 @@ def markdown(rec: Mapping) -> str:
               f"| arm | model | adapter | {t['primary_metric']} [95% CI] |", "|---|---|---|---:|"]
     for a in rec["arms"]:
         model = (a.get("model") or {}).get("name_or_path", "")
+        model = f"no LLM: {model}" if (a.get("model") or {}).get("backend") == "no LLM" else model
         adapter = (a.get("adapter") or {}).get("weights_sha256") or (a.get("adapter") or {}).get("key") or "–"
         lines.append(f"| {a['arm']} | {model} | {str(adapter)[:16]} | "
                      f"{'failed: ' + a['error'] if a.get('error') else _ci(a['primary'])} |")

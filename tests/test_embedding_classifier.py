@@ -187,3 +187,7 @@ def test_a_run_of_only_the_classifier_never_loads_the_llm(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     c = json.loads((tmp_path / "run" / "comparison.json").read_text())
     assert c["model"]["backend"] == "no LLM" and c["decision"]["verdict"]["choice"] == "embedding_classifier"
+    r = harness("record", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "| embedding_classifier | no LLM: packaged:all-minilm-l6-v2 + logistic regression |" in \
+        (tmp_path / "run" / "decision_record.md").read_text()
