@@ -50,6 +50,9 @@ def _rows(comparison: Comparison, details: Mapping[str, Mapping] | None = None) 
             "tokens_in": fmt(u.input_tokens.mean, 1), "tokens_out": fmt(u.output_tokens.mean, 1),
             "latency": fmt(u.latency_s.mean),
             "memory": f"{t.peak_memory_mb / 1024:.1f} GB" if t and t.peak_memory_mb else "–",
+            "epochs": (f"best epoch {t.best_epoch} of {t.epochs_run}, stopped: {t.stop_reason}"
+                       + (f", {t.optimizer_steps} optimizer steps" if t.optimizer_steps else "")
+                       if t and t.stop_reason else ""),  # runs before epochs were chosen on dev recorded no reason
             "chosen": row.chosen, "fine_tuned": r.fine_tuned})
     return rows
 
