@@ -72,6 +72,8 @@ class Usage:
     truncated: int = 0
     failed: int = 0
     examples_per_s: float | None = None
+    grammar_s: Stat | None = None          # constrained decoding only: time spent in the grammar's token masks
+    grammar_unfinished: int | None = None  # constrained decoding only: answers cut before the grammar was satisfied
     backend: Mapping[str, Any] | None = None
 
     @classmethod
@@ -80,16 +82,22 @@ class Usage:
         def values(key: str) -> list[float]:
             return [float(r["usage"].get(key, 0) or 0) for r in records]
         latency = Stat.of(values("latency_s"))
+        constrained = any("constrained" in r["usage"] for r in records)
         return cls(n=len(records), input_tokens=Stat.of(values("input_tokens")),
                    output_tokens=Stat.of(values("output_tokens")), latency_s=latency,
                    truncated=sum(1 for r in records if r["usage"].get("truncated")),
                    failed=sum(1 for r in records if r["usage"].get("failed")),
-                   examples_per_s=len(records) / latency.total if latency.total else None)
+                   examples_per_s=len(records) / latency.total if latency.total else None,
+                   grammar_s=Stat.of(values("grammar_s")) if constrained else None,
+                   grammar_unfinished=sum(1 for r in records if r["usage"].get("grammar_unfinished"))
+                   if constrained else None)
 
     def to_json(self) -> dict:
         out = {"n": self.n, "input_tokens": self.input_tokens.to_json(), "output_tokens": self.output_tokens.to_json(),
                "latency_s": self.latency_s.to_json(), "truncated": self.truncated, "failed": self.failed,
                "examples_per_s": self.examples_per_s}
+        if self.grammar_s is not None:
+            out.update({"grammar_s": self.grammar_s.to_json(), "grammar_unfinished": self.grammar_unfinished})
         return {**out, "backend": dict(self.backend)} if self.backend is not None else out
 
     @classmethod
@@ -99,7 +107,8 @@ class Usage:
                    output_tokens=Stat.from_json(raw.get("output_tokens")),
                    latency_s=Stat.from_json(raw.get("latency_s")), truncated=int(raw.get("truncated") or 0),
                    failed=int(raw.get("failed") or 0), examples_per_s=raw.get("examples_per_s"),
-                   backend=raw.get("backend"))
+                   grammar_s=Stat.from_json(raw["grammar_s"]) if raw.get("grammar_s") else None,
+                   grammar_unfinished=raw.get("grammar_unfinished"), backend=raw.get("backend"))
 
 
 @dataclass(frozen=True)
@@ -111,11 +120,17 @@ class Training:
     train_examples: int | None = None
     dev_examples: int | None = None
     peak_memory_mb: float | None = None
+    best_epoch: int | None = None
+    epochs_run: int | None = None
+    stop_reason: str | None = None        # why training stopped (recorded since epochs are chosen on dev)
+    optimizer_steps: int | None = None
     history: Sequence[Mapping] | None = None
     cached: bool = False
     other: Mapping[str, Any] = field(default_factory=dict)
 
-    _TYPED = ("wall_s", "train_examples", "dev_examples", "peak_memory_mb", "history", "cached")
+    _TYPED = ("wall_s", "train_examples", "dev_examples", "peak_memory_mb", "best_epoch", "epochs_run", "stop_reason",
+              "optimizer_steps", "history", "cached")
+    _ALWAYS = ("wall_s", "train_examples", "dev_examples", "peak_memory_mb", "best_epoch", "history")  # also as null
 
     @property
     def labelled_examples(self) -> int:
@@ -123,7 +138,9 @@ class Training:
         return (self.train_examples or 0) + (self.dev_examples or 0)
 
     def to_json(self) -> dict:
-        typed = {k: getattr(self, k) for k in self._TYPED if k != "cached"}
+        """The typed fields (those added since the first runs only when set), the others as recorded, `cached`."""
+        typed = {k: getattr(self, k) for k in self._TYPED
+                 if k != "cached" and (getattr(self, k) is not None or k in self._ALWAYS)}
         return {**typed, **self.other, "cached": self.cached}
 
     @classmethod

@@ -24,16 +24,6 @@ def _optional(path: Path) -> Any:
     return read_json(path) if path.exists() else None
 
 
-def _epochs(training) -> str:
-    """How training ended (epochs auto): the chosen epoch, epochs run, why it stopped; runs before epochs auto
-    recorded no stop reason and show nothing."""
-    t = training.other if training else {}
-    if not t.get("stop_reason"):
-        return ""
-    steps = f", {t['optimizer_steps']} optimizer steps" if t.get("optimizer_steps") else ""
-    return f"best epoch {t.get('best_epoch')} of {t.get('epochs_run')}, stopped: {t['stop_reason']}{steps}"
-
-
 def _rows(comparison: Comparison, details: Mapping[str, Mapping] | None = None) -> list[dict]:
     """The report's table: one row per arm the decision compares and per failed arm (seed replicates are shown by
     their mean)."""
@@ -60,7 +50,10 @@ def _rows(comparison: Comparison, details: Mapping[str, Mapping] | None = None) 
             "tokens_in": fmt(u.input_tokens.mean, 1), "tokens_out": fmt(u.output_tokens.mean, 1),
             "latency": fmt(u.latency_s.mean),
             "memory": f"{t.peak_memory_mb / 1024:.1f} GB" if t and t.peak_memory_mb else "–",
-            "epochs": _epochs(t), "chosen": row.chosen, "fine_tuned": r.fine_tuned})
+            "epochs": (f"best epoch {t.best_epoch} of {t.epochs_run}, stopped: {t.stop_reason}"
+                       + (f", {t.optimizer_steps} optimizer steps" if t.optimizer_steps else "")
+                       if t and t.stop_reason else ""),  # runs before epochs were chosen on dev recorded no reason
+            "chosen": row.chosen, "fine_tuned": r.fine_tuned})
     return rows
 
 

@@ -174,3 +174,21 @@ def test_only_records_reads_the_replicate_naming_and_the_api_backend_name():
     assert [r for r in readers if "openai-http" in code[f"harness/{r}.py"]] == []
     assert [r for r in readers if re.search(r"bool\((r\.get\(|arm\.get\(|result\.get\()?[\"']?training|bool\(t\)",
                                             code[f"harness/{r}.py"])] == []
+
+
+def test_constrained_usage_and_training_stop_reasons_are_typed_and_only_written_when_recorded():
+    base = {"input_tokens": 5, "output_tokens": 3, "latency_s": 0.5}
+    assert "grammar_s" not in Usage.of_predictions([{"usage": base}]).to_json()  # unconstrained: as before
+    usage = Usage.of_predictions([{"usage": {**base, "constrained": "json_schema", "grammar_s": 0.25}},
+                                  {"usage": {**base, "constrained": "json_schema", "grammar_s": 0.75,
+                                             "grammar_unfinished": True}}])
+    assert usage.grammar_s.total == 1.0 and usage.grammar_unfinished == 1
+    assert Usage.from_json(json.loads(json.dumps(usage.to_json()))) == usage
+    old = Training.from_json(TRAINING)
+    assert old.stop_reason is None and "stop_reason" not in old.to_json()  # an older run's record stays as it was
+    new = Training.from_json({**TRAINING, "epochs_run": 3, "stop_reason": "dev loss rose", "optimizer_steps": 12})
+    assert (new.best_epoch, new.epochs_run, new.stop_reason) == (1, 3, "dev loss rose")
+    rows = report._rows(Comparison(task="t", task_type="classification", primary_metric="accuracy", arms={
+        "lora": ArmResult.measured("lora", metrics={"accuracy": 1.0}, n=1, usage=usage, model=HF, training=new),
+        "old": ArmResult.measured("old", metrics={"accuracy": 1.0}, n=1, usage=usage, model=HF, training=old)}))
+    assert [r["epochs"] for r in rows] == ["best epoch 1 of 3, stopped: dev loss rose, 12 optimizer steps", ""]
