@@ -22,6 +22,7 @@ import torch
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+from transformers.utils import logging as hf_logging
 
 from harness.errors import ConfigError
 from harness.lm import cut_middle
@@ -340,7 +341,8 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     wall = time.perf_counter() - start
     unwrapped = accelerator.unwrap_model(model)
     unwrapped.load_state_dict(best_state, strict=False)
-    if full:  # the whole model, in the base model's dtype, loadable with from_pretrained
+    if full:  # the whole model, in the base model's dtype, loadable with from_pretrained (no tqdm bar in our output)
+        hf_logging.disable_progress_bar()
         unwrapped.to(next(lm.model.parameters()).dtype).save_pretrained(str(out_dir), safe_serialization=True)
     else:
         unwrapped.save_pretrained(str(out_dir), safe_serialization=True)
