@@ -10,13 +10,14 @@ model cannot be trained here: LoRA arms refuse this backend at config time.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from harness import packaged
+from harness import constrained, packaged
 from harness.errors import ConfigError
 from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation, answer_done,
                         cut_answer, cut_middle, end_of_answer, plain_prompt)
@@ -64,6 +65,7 @@ class LlamaCppLM:
         self.separator = "" if self.use_chat else " "
         self.file = path
         self.answer_end = self._answer_end()
+        self._grammars: dict = {}  # constraint key → (LlamaGrammar or None, report)
 
     def _answer_end(self) -> str:
         """What ends an answer (as the transformers backend): the chat template's end of turn, else EOS; the plain
@@ -126,19 +128,32 @@ class LlamaCppLM:
             return answer_done(text, stop, max_sentences)
         return StoppingCriteriaList([ended])
 
+    # ---- constrained decoding ---------------------------------------------------------------------------
+    def prepare_constraint(self, constraint, arm: str) -> dict:
+        """Compile a constraint (harness.constrained) to a llama.cpp grammar, once: the report for prepare.json."""
+        key = constraint.key()
+        if key not in self._grammars:
+            self._grammars[key] = constrained.compile_for(self, constraint, "llama.cpp", llama_grammar, arm)
+        return self._grammars[key][1]
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
-                 max_sentences: int | None = None) -> list[Generation]:
+                 max_sentences: int | None = None, constraint=None) -> list[Generation]:
+        """`constraint`: llama.cpp samples only what its grammar allows (the grammar's time is inside latency_s;
+        llama.cpp does not report it apart)."""
+        grammar = self._grammars[constraint.key()][0] if constraint is not None else None
         out = []
         for prompt in prompts:
             ids, truncated = self.encode(prompt, reserve=max_new_tokens)
             start = time.perf_counter()
             result = self.llm.create_completion(
-                ids, max_tokens=int(max_new_tokens), temperature=0.0,
+                ids, max_tokens=int(max_new_tokens), temperature=0.0, grammar=grammar,
                 stopping_criteria=self._ender(len(ids), stop, max_sentences) if stop or max_sentences else None)
             seconds = time.perf_counter() - start
             usage = result["usage"]
             out.append(Generation(cut_answer(result["choices"][0]["text"], stop, max_sentences),
                                   usage["prompt_tokens"], usage["completion_tokens"], seconds, truncated))
+            if grammar is not None:  # an answer still open at max_tokens can break its grammar (unclosed JSON)
+                out[-1].grammar_unfinished = result["choices"][0].get("finish_reason") == "length"
         return out
 
     # ---- label scoring ------------------------------------------------------------------------------------
@@ -167,6 +182,22 @@ class LlamaCppLM:
             results.append(ChoiceScores(logprobs, len(ids), sum(len(c) for c in choice_ids),
                                         time.perf_counter() - start, truncated))
         return results
+
+
+def gbnf(constraint) -> str:
+    """A constraint as GBNF: llama.cpp's own JSON-schema converter (llama-cpp-python's copy of it), or one rule of
+    label alternatives."""
+    if constraint.kind == constrained.JSON_SCHEMA:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        return json_schema_to_gbnf(json.dumps(constrained.split_type_lists(constraint.schema)))
+    return constrained.label_grammar(constraint.labels)
+
+
+def llama_grammar(constraint):
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_string(gbnf(constraint), verbose=False)
 
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:

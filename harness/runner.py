@@ -101,7 +101,10 @@ def summarize_usage(records: list[dict]) -> dict:
     return {"n": len(records), "input_tokens": stats("input_tokens"), "output_tokens": stats("output_tokens"),
             "latency_s": latency, "truncated": sum(1 for r in records if r["usage"].get("truncated")),
             "failed": sum(1 for r in records if r["usage"].get("failed")),
-            "examples_per_s": len(records) / latency["total"] if latency["total"] else None}
+            "examples_per_s": len(records) / latency["total"] if latency["total"] else None,
+            **({"grammar_s": stats("grammar_s"),  # constrained decoding: time in the grammar's token masks
+                "grammar_unfinished": sum(1 for r in records if r["usage"].get("grammar_unfinished"))}
+               if any("constrained" in r["usage"] for r in records) else {})}
 
 
 def replicate_summary(results: dict[str, dict], members: list[str]) -> dict:

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from filelock import FileLock
 
+from harness import constrained as constrained_decoding
 from harness import inference
 from harness.errors import ConfigError
 from harness.lm import TRAIN
@@ -84,7 +85,7 @@ class LoRA:
                  qlora: bool = False,
                  dev_fraction: float = 0.15, select_on: str = "dev_loss", merge: bool = True, seed: int | None = None,
                  decode: str = "auto", max_new_tokens: int | str = "auto", template: dict | None = None,
-                 prompts=None,
+                 prompts=None, constrained: bool | str = False,
                  name: str = "lora"):
         if select_on not in ("dev_loss", "dev_metric"):
             raise ConfigError(f"must be dev_loss or dev_metric, got {select_on!r}", field=f"strategies.{name}.select_on")
@@ -97,12 +98,13 @@ class LoRA:
         self.dev_fraction, self.select_on, self.merge, self.seed = dev_fraction, select_on, merge, seed
         self.decode, self.max_new_tokens, self.name = decode, max_new_tokens, name
         self.prompts = prompts or InstructionPrompts(template_from_config(template))
+        self.constrained, self.constraint = constrained_decoding.parse_setting(constrained, name), None
 
     def describe(self) -> dict:
         return {"kind": "lora", **{k: list(v) if isinstance(v, tuple) else v for k, v in self.train_config.items()},
                 "dev_fraction": self.dev_fraction, "select_on": self.select_on, "merge": self.merge,
                 "seed": self.seed, "decode": self.decode, "max_new_tokens": self.max_new_tokens,
-                **self.prompts.describe()}
+                **self.prompts.describe(), **constrained_decoding.describe(self.constraint)}
 
     def check(self, task, lm) -> None:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
@@ -112,6 +114,8 @@ class LoRA:
                               field=f"strategies.{self.name}")
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
+        self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
+                                                                             self.name)
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, base = ctx.task, ctx.lm
@@ -119,10 +123,12 @@ class LoRA:
         seed = ctx.seed if self.seed is None else self.seed
         train, dev, dev_source = split_dev(self.task, self.dev_fraction, seed)
         report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source, "decode": self.mode,
-                  "max_new_tokens": self.new_tokens}
+                  "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
         train_pairs = self._pairs(train)
         dev_pairs = self._pairs(dev)
-        key = hashlib.sha256(json.dumps([base.describe(), train_pairs, dev_pairs, self.describe(), seed],
+        settings = {k: v for k, v in self.describe().items()  # decoding alone does not change the adapter
+                    if k != "constrained" or self.select_on == "dev_metric"}
+        key = hashlib.sha256(json.dumps([base.describe(), train_pairs, dev_pairs, settings, seed],
                                         sort_keys=True, default=list).encode()).hexdigest()[:20]
         folder = Path(ctx.cache_dir) / "adapters" / key
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +173,7 @@ class LoRA:
         def metric(tuned) -> float:
             tuned.model.eval()
             preds = inference.predict(self.task, tuned, dev, prompts, decode=self.mode,
-                                      max_new_tokens=self.new_tokens)
+                                      max_new_tokens=self.new_tokens, constraint=self.constraint)
             tuned.model.train()
             result = score_examples(self.task, dev, [p.output for p in preds])
             return result["metrics"][self.task.metric]
@@ -180,4 +186,4 @@ class LoRA:
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
-                                       max_new_tokens=self.new_tokens)
+                                       max_new_tokens=self.new_tokens, constraint=self.constraint)
