@@ -133,7 +133,8 @@ class LlamaCppLM:
         """Compile a constraint (harness.constrained) to a llama.cpp grammar, once: the report for prepare.json."""
         key = constraint.key()
         if key not in self._grammars:
-            self._grammars[key] = constrained.compile_for(self, constraint, "llama.cpp", llama_grammar, arm)
+            self._grammars[key] = constrained.compile_for(
+                self, constraint, "llama.cpp", lambda c: llama_grammar(c, self.llm._model.vocab), arm)
         return self._grammars[key][1]
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
@@ -184,20 +185,66 @@ class LlamaCppLM:
         return results
 
 
+CLASS_ESCAPES = {"d": "0-9", "w": "A-Za-z0-9_", "s": " \\t\\n\\r"}
+
+
+def plain_classes(pattern: str) -> str:
+    """`\\d`, `\\w`, `\\s` spelled as character ranges: llama-cpp-python's converter copies them into GBNF as
+    escapes GBNF does not have (`"\\d"`), and the grammar then fails to parse."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt in CLASS_ESCAPES:
+                out.append(CLASS_ESCAPES[nxt] if in_class else f"[{CLASS_ESCAPES[nxt]}]")
+            else:
+                out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+        elif ch == "]" and in_class:
+            in_class = False
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _patterns(schema):
+    if isinstance(schema, dict):
+        return {k: plain_classes(v) if k == "pattern" and isinstance(v, str) else _patterns(v)
+                for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_patterns(v) for v in schema]
+    return schema
+
+
 def gbnf(constraint) -> str:
     """A constraint as GBNF: llama.cpp's own JSON-schema converter (llama-cpp-python's copy of it), or one rule of
     label alternatives."""
     if constraint.kind == constrained.JSON_SCHEMA:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-        return json_schema_to_gbnf(json.dumps(constrained.split_type_lists(constraint.schema)))
+        schema = _patterns(constrained.split_type_lists(constrained.thaw(constraint.schema)))
+        return json_schema_to_gbnf(json.dumps(schema))
     return constrained.label_grammar(constraint.labels)
 
 
-def llama_grammar(constraint):
+def llama_grammar(constraint, vocab=None):
+    """The LlamaGrammar of a constraint; with a model's vocabulary it is parsed here, so a grammar llama.cpp cannot
+    read is refused now (llama.cpp would otherwise fail inside generation)."""
+    import llama_cpp
     from llama_cpp import LlamaGrammar
 
-    return LlamaGrammar.from_string(gbnf(constraint), verbose=False)
+    grammar = LlamaGrammar.from_string(gbnf(constraint), verbose=False)
+    if vocab is not None:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode("utf-8"),
+                                                       grammar._root.encode("utf-8"))
+        if not sampler:
+            raise ValueError("llama.cpp cannot parse the grammar built from it")
+        llama_cpp.llama_sampler_free(sampler)
+    return grammar
 
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:

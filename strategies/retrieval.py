@@ -158,7 +158,8 @@ class Retrieval:
         what = "passages" if self.prompts.mode == "knowledge" else "nearest demonstrations"
         report["summary"] = f"top-{report['k_used']} {what}" + (
             f" ≤ {self.prompts.budget} tokens" if self.prompts.mode == "knowledge" else "") + (
-            f", {len(self.prompts.demos)}-shot" if self.prompts.demos else "")
+            f", {len(self.prompts.demos)}-shot" if self.prompts.demos else "") + (
+            ", constrained" if self.constraint else "")
         return report
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:

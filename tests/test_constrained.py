@@ -127,6 +127,7 @@ def test_llama_cpp_grammar_from_the_task_schema():
     schema = constrained.thaw(load_task(ROOT / "tasks" / "supplier_intake").schema)
     text = gbnf(constrained.Constraint(constrained.JSON_SCHEMA, schema=schema))
     assert "[A-Z]" in text and "supplier_name" in text  # the currency pattern survives the type list
+    assert "\\d" not in text and "[0-9]" in text  # \d{4}-… spelled as a range GBNF can read
     assert isinstance(llama_grammar(constrained.Constraint(constrained.JSON_SCHEMA, schema=schema)), LlamaGrammar)
     labels = gbnf(constrained.Constraint(constrained.LABELS, labels=('say "hi"', "b")))
     assert labels == 'root ::= "say \\"hi\\"" | "b"'
@@ -169,3 +170,26 @@ def test_an_arm_records_its_constraint_and_keeps_its_fingerprint_when_off(lm, tm
     off = PromptOnly(shots=2, calibrate=False, decode="generate", constrained=False, max_new_tokens=8, name="p")
     off.check(task, lm)
     assert "constrained" not in off.describe()
+
+
+@pytest.mark.slow
+def test_llama_cpp_constrained_answers_follow_the_schema_and_the_labels(monkeypatch):
+    from harness import lm_llamacpp
+    from harness.lm_llamacpp import LlamaCppLM
+
+    lm = LlamaCppLM("packaged:smollm2-135m-instruct", n_ctx=1024)
+    task = load_task(ROOT / "tasks" / "supplier_intake")
+    c = constrained.Constraint(constrained.JSON_SCHEMA, schema=constrained.thaw(task.schema))
+    assert lm.prepare_constraint(c, "arm")["on"]
+    ask = [lm.render([{"role": "system", "content": task.instruction}, {"role": "user", "content": ex.input}])
+           for ex in task.heldout[:2]]
+    for g in lm.generate(ask, 160, constraint=c):
+        assert g.grammar_unfinished or not list(jsonschema.Draft202012Validator(c.schema).iter_errors(
+            json.loads(g.text))), g.text
+    labels = constrained.Constraint(constrained.LABELS, labels=LABELS)
+    lm.prepare_constraint(labels, "arm")
+    assert {g.text for g in lm.generate(ask[:1], 8, constraint=labels)} <= set(LABELS)
+    monkeypatch.setattr(lm_llamacpp, "gbnf", lambda c: 'root ::= "\\d"')  # a grammar llama.cpp cannot parse
+    report = lm.prepare_constraint(constrained.Constraint(constrained.LABELS, labels=("x",)), "arm")
+    assert not report["on"] and "cannot parse" in report["why"]  # refused at set-up, not inside generation
+
