@@ -193,3 +193,14 @@ def test_llama_cpp_constrained_answers_follow_the_schema_and_the_labels(monkeypa
     report = lm.prepare_constraint(constrained.Constraint(constrained.LABELS, labels=("x",)), "arm")
     assert not report["on"] and "cannot parse" in report["why"]  # refused at set-up, not inside generation
 
+
+
+def test_usage_counts_grammar_time_and_unfinished_answers_only_for_constrained_arms():
+    from harness.runner import summarize_usage
+
+    base = {"input_tokens": 5, "output_tokens": 3, "latency_s": 0.5}
+    assert "grammar_s" not in summarize_usage([{"usage": base}])  # an unconstrained arm's usage.json is as before
+    usage = summarize_usage([{"usage": {**base, "constrained": "json_schema", "grammar_s": 0.25}},
+                             {"usage": {**base, "constrained": "json_schema", "grammar_s": 0.75,
+                                        "grammar_unfinished": True}}])
+    assert usage["grammar_s"]["total"] == 1.0 and usage["grammar_unfinished"] == 1
