@@ -23,6 +23,8 @@ class Generation:
     latency_s: float      # this example's share of its batch's wall time
     truncated: bool = False
     error: str | None = None  # a counted failure (malformed or empty response, prompt over the server's context)
+    grammar_s: float | None = None   # constrained decoding: this example's time in the grammar's token masks
+    grammar_unfinished: bool = False  # constrained decoding: cut at max_new_tokens before its grammar closed
 
 
 @dataclass
@@ -117,9 +119,11 @@ class LM(Protocol):
         line end), so a label that extends another ("insurance" / "insurance change") can win."""
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
-                 max_sentences: int | None = None) -> list[Generation]:
+                 max_sentences: int | None = None, constraint=None) -> list[Generation]:
         """Greedy continuation of each prompt, ended at the end of the model's turn, a stop string or after
-        `max_sentences` sentences (see `cut_answer`); `output_tokens` counts the tokens generated."""
+        `max_sentences` sentences (see `cut_answer`); `output_tokens` counts the tokens generated. A backend with
+        `prepare_constraint(constraint, arm) -> report` also takes a prepared `constraint` (harness.constrained):
+        the answer then follows its grammar."""
 
     def describe(self) -> dict:
         """Model id, backend, device, dtype, parameter count: recorded with every result."""
