@@ -173,8 +173,9 @@ def _cannot_tell(tuned, selectable_tuned, selectable, choice, plain_broken) -> s
         return "Every fine-tuned arm is broken, so this run cannot say whether fine-tuning pays."
     if plain_broken:
         return (f"Every arm without fine-tuning is broken ({', '.join(plain_broken)}: too many failed or invalid "
-                f"outputs), so this run cannot tell whether fine-tuning is justified; fix their output format or raise "
-                f"decision.max_failure_rate if such failures are acceptable.")
+                f"outputs), so this run cannot tell whether fine-tuning is justified; fix their output format (constrained: "
+                f"true gives a generating arm a grammar it cannot leave) or raise decision.max_failure_rate if such "
+                f"failures are acceptable.")
     if len(selectable) == 1:
         return (f"This run measured one arm that can be chosen ({choice}) and nothing without fine-tuning to compare "
                 f"it with, so it cannot tell whether fine-tuning is justified.")
