@@ -26,7 +26,7 @@ from harness.results import PredictionLog, read_json, write_json
 from harness.strategy import PrepareContext
 from harness.task import Task, load_task
 
-CODE_DIR = Path(__file__).resolve().parent.parent
+CODE_DIR = Path(__file__).resolve().parent.parent.parent
 
 
 def _positive_or_none(value: Any, field: str) -> int | None:
