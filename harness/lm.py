@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 SCORE, GENERATE, TRAIN = "score", "generate", "train"
 PLAIN_ANSWER_END = "\n\n"  # what the plain format writes after an answer (its line end before the next turn)
@@ -104,7 +106,13 @@ def cut_middle(ids: list[int], budget: int) -> list[int]:
 
 
 class LM(Protocol):
+    """Every member a strategy or the harness calls. A backend subclasses `LM` for the defaults of the optional
+    members: `counters` (empty) and the training members, which a backend without the `train` capability never
+    receives (strategies check `TRAIN in capabilities` in their check(), before any work)."""
+
     capabilities: frozenset[str]
+    counters: ClassVar[Mapping[str, int]] = MappingProxyType({})
+    """Requests, retries, cache hits, failures so far (a backend that counts them sets its own dict)."""
 
     def render(self, messages: Sequence[dict]) -> str:
         """Chat messages → the prompt text exactly as the model sees it (chat template or plain format)."""
@@ -123,3 +131,19 @@ class LM(Protocol):
 
     def describe(self) -> dict:
         """Model id, backend, device, dtype, parameter count: recorded with every result."""
+        ...
+
+    def train_adapter(self, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[tuple[str, str]],
+                      config: Mapping[str, Any], out_dir: Path, seed: int, progress: Callable | None = None,
+                      dev_metric: Callable[[LM], float] | None = None, full: bool = False) -> dict:
+        """Train a LoRA adapter (or, with `full`, every weight) on (prompt, target) pairs into out_dir, the best
+        epoch on dev kept (by dev loss, or by `dev_metric(lm being trained)`); returns the training report."""
+        raise NotImplementedError(f"the {self.describe().get('backend')} backend cannot train")
+
+    def with_adapter(self, path: Path, merge: bool = True) -> LM:
+        """This model with the adapter saved at path (train_adapter), merged into its weights when `merge`."""
+        raise NotImplementedError(f"the {self.describe().get('backend')} backend cannot load an adapter")
+
+    def with_weights(self, path: Path) -> LM:
+        """This backend around the fully fine-tuned weights saved at path (train_adapter(full=True))."""
+        raise NotImplementedError(f"the {self.describe().get('backend')} backend cannot load trained weights")

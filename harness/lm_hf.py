@@ -17,8 +17,8 @@ from transformers.utils import logging as hf_logging
 
 from harness import packaged
 from harness.errors import ConfigError
-from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation, answer_done,
-                        cut_answer, cut_middle, end_of_answer, plain_prompt)
+from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation,
+                        answer_done, cut_answer, cut_middle, end_of_answer, plain_prompt)
 
 MIN_SHARED_PREFIX = 16  # tokens; below this a shared-prefix pass is not worth its bookkeeping
 
@@ -49,7 +49,7 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ConfigError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)", field="model.dtype") from None
 
 
-class TransformersLM:
+class TransformersLM(LM):
     capabilities = frozenset({SCORE, GENERATE, TRAIN})
 
     def __init__(self, name_or_path: str, cache_dir: str | None = None, device: str = "auto", dtype: str = "auto",

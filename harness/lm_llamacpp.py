@@ -18,8 +18,8 @@ import numpy as np
 
 from harness import packaged
 from harness.errors import ConfigError
-from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation, answer_done,
-                        cut_answer, cut_middle, end_of_answer, plain_prompt)
+from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation,
+                        answer_done, cut_answer, cut_middle, end_of_answer, plain_prompt)
 
 
 def gguf_file(model_path: str, cache_dir: Path) -> Path:
@@ -33,7 +33,7 @@ def gguf_file(model_path: str, cache_dir: Path) -> Path:
     return path
 
 
-class LlamaCppLM:
+class LlamaCppLM(LM):
     capabilities = frozenset({GENERATE, SCORE})
 
     def __init__(self, model_path: str, cache_dir: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,

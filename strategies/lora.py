@@ -27,7 +27,7 @@ from harness.errors import ConfigError
 from harness.lm import TRAIN
 from harness.prompts import PromptTemplate, build_messages, target_text, template_from_config
 from harness.results import read_json, write_json
-from harness.strategy import PrepareContext, Prediction
+from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example, Task
 
 MIN_DEV = 4
@@ -158,7 +158,7 @@ def stop_words(training: dict) -> str:
     return f"best {training['best_epoch']}" + (f", {reason}" if reason else "")
 
 
-class LoRA:
+class LoRA(Strategy):
     """Settings: conf/strategies/lora.yaml (every key, with its default and meaning); missing keys take those
     defaults, unknown keys are refused."""
 
@@ -172,6 +172,7 @@ class LoRA:
                                                                     s["seed"])
         self.decode, self.max_new_tokens, self.name = s["decode"], s["max_new_tokens"], name
         self.prompts = prompts or InstructionPrompts(template_from_config(s["template"]))
+        self.lm = None  # the tuned model, after prepare
 
     def describe(self) -> dict:
         return {"kind": "lora", **{k: list(v) if isinstance(v, tuple) else v for k, v in self.train_config.items()},
@@ -179,7 +180,7 @@ class LoRA:
                 "seed": self.seed, "decode": self.decode, "max_new_tokens": self.max_new_tokens,
                 **self.prompts.describe()}
 
-    def check(self, task, lm) -> None:
+    def check(self, task, lm) -> dict:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
         if TRAIN not in lm.capabilities:
             raise ConfigError(f"arm {self.name!r} trains an adapter, which its {lm.describe().get('backend', '?')} "
@@ -187,10 +188,12 @@ class LoRA:
                               field=f"strategies.{self.name}")
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens}
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, base = ctx.task, ctx.lm
-        self.check(self.task, base)
+        if ctx.checked is None:  # not run by the runner's plan
+            self.check(self.task, base)
         seed = ctx.seed if self.seed is None else self.seed
         train, dev, dev_source = split_dev(self.task, self.dev_fraction, seed)
         report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source, "decode": self.mode,
@@ -226,7 +229,7 @@ class LoRA:
     @property
     def tuned_lm(self):
         """The fine-tuned model this arm predicts with (the forgetting check scores it on a control set)."""
-        return getattr(self, "lm", None)
+        return self.lm
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
