@@ -99,6 +99,17 @@ def end_of_answer(suffix_ids: Sequence[int], stop_ids, special_ids) -> list[int]
     return []
 
 
+MIN_SHARED_PREFIX = 16  # tokens; below this a shared-prefix pass is not worth its bookkeeping
+
+
+def common_prefix(seqs: Sequence[Sequence[int]], limit: int, minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Length of the token prefix all sequences share (at most `limit`), or 0 when shorter than `minimum`."""
+    first, k = seqs[0], 0
+    while k < limit and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return k if k >= minimum else 0
+
+
 def cut_middle(ids: list[int], budget: int) -> list[int]:
     """Keep the first and last tokens of a too-long prompt (instruction and input), dropping the middle."""
     head = budget // 2
@@ -118,6 +129,11 @@ class LM(Protocol):
         """Chat messages → the prompt text exactly as the model sees it (chat template or plain format)."""
 
     def count_tokens(self, text: str) -> int: ...
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context in tokens where the backend knows it (transformers, llama.cpp), else None."""
+        return None
 
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceScores]:
         """Log-likelihood of each choice as the whole answer after each prompt (batched, shared prefixes): the

@@ -105,6 +105,10 @@ class LlamaCppLM(LM):
     def count_tokens(self, text: str) -> int:
         return len(self._tokens(text, bos=not self.use_chat))
 
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
+
     def describe(self) -> dict:
         return {"backend": "llama.cpp", "name_or_path": str(self.model_path), "file": self.file.name,
                 "device": "cpu", "n_ctx": self.n_ctx, "n_threads": self.llm.n_threads,

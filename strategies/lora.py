@@ -89,10 +89,8 @@ def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_token
 
     built, _, _ = prompts.build(dev, exclude_self=True)
 
-    def metric(tuned) -> float:
-        tuned.model.eval()
+    def metric(tuned) -> float:  # the backend puts the model in eval mode around the call
         preds = inference.predict(task, tuned, dev, built, decode=mode, max_new_tokens=new_tokens)
-        tuned.model.train()
         result = score_examples(task, dev, [p.output for p in preds])
         return result["metrics"][task.metric]
     return metric

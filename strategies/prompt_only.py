@@ -21,11 +21,6 @@ AUTO_BUDGET = 0.6  # share of the model's context the prompt with automatic demo
 AUTO_OTHER = 10    # `auto` on a task without labels
 
 
-def context_length(lm) -> int | None:
-    """The arm's model context in tokens where its backend knows it (transformers, llama.cpp), else None."""
-    return getattr(lm, "max_length", None) or getattr(lm, "n_ctx", None)
-
-
 class PromptOnly(Strategy):
     """Zero-shot (shots=0) or few-shot prompting of the arm's model."""
 
@@ -94,7 +89,7 @@ class PromptOnly(Strategy):
             demos, budget = pick_demos(task, self.shots, seed), None
         else:
             demos = pick_demos(task, len({ex.target for ex in task.train}) if labels else AUTO_OTHER, seed)
-            context = context_length(self.lm)
+            context = self.lm.context_length
             budget = int(context * AUTO_BUDGET) if context else None
             if budget:  # the most demonstrations (in their seeded order) whose prompt fits, for the longest input
                 longest = max(task.heldout, key=lambda ex: len(ex.input))
