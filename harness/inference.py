@@ -8,6 +8,7 @@ import math
 import time
 from typing import Sequence
 
+from harness.display import status
 from harness.errors import ConfigError
 from harness.lm import GENERATE, SCORE
 from harness.prompts import target_text
@@ -83,14 +84,22 @@ def label_prior(task: Task, lm, prompts: Sequence[str]) -> list[float]:
 
 def predict(task: Task, lm, examples: Sequence[Example], prompts: Sequence[str], *, decode: str = "auto",
             max_new_tokens: int = 128, prior: Sequence[float] | None = None,
-            retrieved: Sequence[list[dict]] | None = None, extra_usage: Sequence[dict] | None = None) -> list[Prediction]:
+            retrieved: Sequence[list[dict]] | None = None, extra_usage: Sequence[dict] | None = None,
+            constraint=None) -> list[Prediction]:
+    """`constraint`: a prepared harness.constrained.Constraint the generation follows (None: unconstrained)."""
     retrieved = retrieved or [None] * len(examples)
     extra_usage = extra_usage or [{}] * len(examples)
     if not uses_scoring(task, decode):
-        gens = lm.generate(prompts, max_new_tokens, **answer_end(task))
+        gens = lm.generate(prompts, max_new_tokens, **answer_end(task),
+                           **({"constraint": constraint} if constraint is not None else {}))
+        unfinished = sum(1 for g in gens if getattr(g, "grammar_unfinished", False))
+        if unfinished:
+            status(f"[yellow]warning:[/yellow] {unfinished} constrained answer(s) reached max_new_tokens "
+                   f"({max_new_tokens}) before their grammar closed: they can still be invalid")
         return [Prediction(ex.id, g.text, p, {"input_tokens": g.input_tokens, "output_tokens": g.output_tokens,
                                               "latency_s": g.latency_s, "truncated": g.truncated,
-                                              **({"failed": g.error} if g.error else {}), **u}, retrieved=r)
+                                              **({"failed": g.error} if g.error else {}),
+                                              **_grammar_usage(g, constraint), **u}, retrieved=r)
                 for ex, p, g, r, u in zip(examples, prompts, gens, retrieved, extra_usage)]
     labels = list(task.labels)
     scored = lm.score_choices(prompts, [task.text_of(label) for label in labels])
@@ -107,15 +116,29 @@ def predict(task: Task, lm, examples: Sequence[Example], prompts: Sequence[str],
     return preds
 
 
+def _grammar_usage(gen, constraint) -> dict:
+    """Usage entries of a constrained generation: its grammar time (where the backend measures it apart) and
+    whether it was cut before its grammar closed."""
+    if constraint is None:
+        return {}
+    out = {"constrained": constraint.kind}
+    if getattr(gen, "grammar_s", None) is not None:
+        out["grammar_s"] = gen.grammar_s
+    if getattr(gen, "grammar_unfinished", False):
+        out["grammar_unfinished"] = True
+    return out
+
+
 def predict_built(task: Task, lm, examples: Sequence[Example], build, *, decode: str = "auto",
-                  max_new_tokens: int = 128) -> list[Prediction]:
+                  max_new_tokens: int = 128, constraint=None) -> list[Prediction]:
     """Predict with a prompt builder (`build(examples) -> prompts, retrieved, usage`), whose time (retrieval,
     packing) is part of each example's end-to-end latency."""
     start = time.perf_counter()
     prompts, retrieved, usage = build(examples)
     share = (time.perf_counter() - start) / max(1, len(examples))
     preds = predict(task, lm, examples, prompts, decode=decode, max_new_tokens=max_new_tokens,
-                    retrieved=retrieved if any(r is not None for r in retrieved) else None, extra_usage=usage)
+                    retrieved=retrieved if any(r is not None for r in retrieved) else None, extra_usage=usage,
+                    constraint=constraint)
     for p in preds:
         p.usage["latency_s"] += share
     return preds

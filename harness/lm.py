@@ -25,6 +25,8 @@ class Generation:
     latency_s: float      # this example's share of its batch's wall time
     truncated: bool = False
     error: str | None = None  # a counted failure (malformed or empty response, prompt over the server's context)
+    grammar_s: float | None = None   # constrained decoding: this example's time in the grammar's token masks
+    grammar_unfinished: bool = False  # constrained decoding: cut at max_new_tokens before its grammar closed
 
 
 @dataclass
@@ -141,9 +143,17 @@ class LM(Protocol):
         line end), so a label that extends another ("insurance" / "insurance change") can win."""
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
-                 max_sentences: int | None = None) -> list[Generation]:
+                 max_sentences: int | None = None, constraint=None) -> list[Generation]:
         """Greedy continuation of each prompt, ended at the end of the model's turn, a stop string or after
-        `max_sentences` sentences (see `cut_answer`); `output_tokens` counts the tokens generated."""
+        `max_sentences` sentences (see `cut_answer`); `output_tokens` counts the tokens generated. A backend whose
+        `prepare_constraint` compiled a `constraint` (harness.constrained) takes it here: the answer then follows its
+        grammar."""
+        ...
+
+    def prepare_constraint(self, constraint: Any, arm: str) -> dict | None:
+        """Compile a constraint (harness.constrained) for generate(constraint=…): the report for prepare.json
+        (`on`: whether generation will follow it); None: this backend cannot constrain decoding."""
+        return None
 
     def describe(self) -> dict:
         """Model id, backend, device, dtype, parameter count: recorded with every result."""

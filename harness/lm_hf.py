@@ -7,18 +7,20 @@ all prompts share (instruction and demonstrations) is computed once for the whol
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, LogitsProcessor
 from transformers.utils import logging as hf_logging
 
-from harness import packaged
+from harness import constrained, packaged
 from harness.errors import ConfigError
 from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation,
                         answer_done, common_prefix, cut_answer, cut_middle, end_of_answer, plain_prompt)
+
 
 def pick_device(device: str) -> torch.device:
     if device == "auto":
@@ -36,6 +38,37 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
                 "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
         raise ConfigError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)", field="model.dtype") from None
+
+
+class GrammarMask(LogitsProcessor):
+    """xgrammar's token mask for each row of a generate() batch: a row's logits keep only what its grammar allows
+    next. A row that has ended (end of turn, stop string) is left unmasked: generate() pads it anyway."""
+
+    def __init__(self, compiled, rows: int, start: int, vocab_size: int):
+        import xgrammar as xgr
+
+        self.xgr, self.start = xgr, start
+        self.matchers = [xgr.GrammarMatcher(compiled) for _ in range(rows)]
+        self.left = [False] * rows
+        self.bitmask = xgr.allocate_token_bitmask(rows, vocab_size)
+        self.seconds = [0.0] * rows
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        fed = input_ids.shape[1] > self.start
+        for row, matcher in enumerate(self.matchers):
+            t0 = time.perf_counter()
+            if fed and not self.left[row]:
+                self.left[row] = matcher.is_terminated() or not matcher.accept_token(int(input_ids[row, -1]))
+            if self.left[row] or matcher.is_terminated():
+                self.bitmask[row].fill_(-1)  # every token allowed
+            else:
+                matcher.fill_next_token_bitmask(self.bitmask, row)
+            self.seconds[row] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
+        share = (time.perf_counter() - t0) / len(self.matchers)
+        self.seconds = [s + share for s in self.seconds]
+        return scores
 
 
 class TransformersLM(LM):
@@ -82,6 +115,7 @@ class TransformersLM(LM):
                                *([tok.eos_token_id] if tok.eos_token_id is not None else [])})
         self.answer_end = self._answer_end()
         self.eos_ids = sorted({*self.eos_ids, *self._turn_end_ids()})  # generation ends with the model's turn
+        self._grammars: dict = {}  # constraint key → (compiled grammar or None, report); shared with adapter views
 
     def _answer_end(self) -> str:
         """What ends an answer, as text: the chat template's end of turn (the token the model stops at), or EOS
@@ -317,9 +351,32 @@ class TransformersLM(LM):
                                     device=input_ids.device)
         return StoppingCriteriaList([AnswerEnded()])
 
+    # ---- constrained decoding ---------------------------------------------------------------------------
+    def prepare_constraint(self, constraint, arm: str) -> dict:
+        """Compile a constraint (harness.constrained) with xgrammar, once per model: the report for prepare.json."""
+        key = constraint.key()
+        if key not in self._grammars:
+            self._grammars[key] = constrained.compile_for(self, constraint, "xgrammar", self._compile_grammar, arm)
+        return self._grammars[key][1]
+
+    def _compile_grammar(self, constraint):
+        import xgrammar as xgr
+
+        if getattr(self, "_grammar_compiler", None) is None:  # the tokenizer's vocabulary, read once
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.model.config.vocab_size,
+                                                      stop_token_ids=list(self.eos_ids))
+            self._grammar_compiler = xgr.GrammarCompiler(info, max_threads=1)
+        if constraint.kind == constrained.JSON_SCHEMA:  # written as the demonstrations are (json.dumps)
+            return self._grammar_compiler.compile_json_schema(json.dumps(constraint.schema), any_whitespace=False,
+                                                              separators=(", ", ": "), strict_mode=True)
+        return self._grammar_compiler.compile_grammar(constrained.label_grammar(constraint.labels))
+
     @torch.inference_mode()
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
-                 max_sentences: int | None = None) -> list[Generation]:
+                 max_sentences: int | None = None, constraint=None) -> list[Generation]:
+        """`constraint` (harness.constrained, prepared with `prepare_constraint`): only tokens its grammar allows,
+        then only the end of turn; each Generation's `grammar_s` is its share of the mask time."""
+        grammar = self._grammars[constraint.key()][0] if constraint is not None else None
         encoded = [self.encode(p, reserve=max_new_tokens) for p in prompts]
         results: list[Generation | None] = [None] * len(prompts)
         pad = self.tokenizer.pad_token_id
@@ -331,9 +388,10 @@ class TransformersLM(LM):
             ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
             mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
             ender = self._ender(width, stop, max_sentences) if stop or max_sentences else None
+            masker = GrammarMask(grammar, len(batch), width, self.model.config.vocab_size) if grammar else None
             out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                       do_sample=False, eos_token_id=self.eos_ids or None, pad_token_id=pad,
-                                      stopping_criteria=ender)
+                                      stopping_criteria=ender, logits_processor=[masker] if masker else None)
             share = (time.perf_counter() - start) / len(batch)
             for row, i in enumerate(batch):
                 new = out[row, width:].tolist()
@@ -341,4 +399,7 @@ class TransformersLM(LM):
                 text = self.tokenizer.decode(new[:cut], skip_special_tokens=True)
                 results[i] = Generation(cut_answer(text, stop, max_sentences), len(seqs[row]), cut, share,
                                         encoded[i][1])
+                if masker:  # an answer still open at max_new_tokens can break its grammar (unclosed JSON)
+                    results[i].grammar_s = masker.seconds[row]
+                    results[i].grammar_unfinished = cut >= max_new_tokens
         return results  # type: ignore[return-value]

@@ -32,6 +32,8 @@ from typing import Sequence
 
 import httpx
 
+from harness import constrained
+from harness.display import status
 from harness.errors import ConfigError, HarnessError
 from harness.lm import GENERATE, LM, Generation, cut_answer
 
@@ -80,6 +82,7 @@ class HTTPChatLM(LM):
                                    transport=transport)
         self.counters = {"requests": 0, "retries": 0, "cache_hits": 0, "failures": 0}
         self._lock = threading.Lock()
+        self._formats: dict[str, dict] = {}  # constraint key → response_format
         if check:
             self.check()
 
@@ -125,18 +128,39 @@ class HTTPChatLM(LM):
                 "max_retries": self.max_retries, "temperature": self.temperature, "seed": self.seed,
                 "token_counts": "from the server's usage"}
 
+    # ---- constrained decoding ---------------------------------------------------------------------------
+    def prepare_constraint(self, constraint, arm: str) -> dict:
+        """A JSON Schema in OpenAI's structured-output subset goes with each request as `response_format`; a richer
+        schema, or a label set (chat APIs take no grammar), leaves the arm unconstrained, with a warning."""
+        report = {"kind": constraint.kind, "library": "openai response_format"}
+        if constraint.kind != constrained.JSON_SCHEMA:
+            why = "an OpenAI-compatible API takes a JSON Schema, not a label set"
+        else:
+            missing = constrained.unsupported(constraint.schema, constrained.SUPPORTED["openai"])
+            why = (f"the schema uses {', '.join(f'{k} at {p}' for p, k in missing)}, outside the structured-output "
+                   f"subset every server accepts" if missing else "")
+        if why:
+            status(f"[yellow]warning:[/yellow] {arm}: constrained decoding off: {why}")
+            return {**report, "on": False, "why": why}
+        self._formats[constraint.key()] = {"type": "json_schema", "json_schema": {
+            "name": "answer", "schema": dict(constraint.schema), "strict": _strict(constraint.schema)}}
+        return {**report, "on": True, "compile_s": 0.0}
+
     # ---- generation ---------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
-                 max_sentences: int | None = None) -> list[Generation]:
+                 max_sentences: int | None = None, constraint=None) -> list[Generation]:
         """The server ends at its end of turn and at the stop strings (sent as `stop`, so the tokens after them
-        are neither generated nor paid for); the sentence limit is applied to the answer as every backend does."""
-        gens = self._generate(prompts, max_new_tokens, stop)
+        are neither generated nor paid for); the sentence limit is applied to the answer as every backend does.
+        `constraint` (prepared): its schema is sent as `response_format`; the server enforces it."""
+        fmt = self._formats[constraint.key()] if constraint is not None else None
+        gens = self._generate(prompts, max_new_tokens, stop, fmt)
         if stop or max_sentences:
             for g in gens:
                 g.text = cut_answer(g.text, stop, max_sentences)
         return gens
 
-    def _generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str]) -> list[Generation]:
+    def _generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str],
+                  response_format: dict | None = None) -> list[Generation]:
         bodies = []
         for p in prompts:
             body = {"model": self.model, "messages": self._messages(p), "max_tokens": int(max_new_tokens),
@@ -145,6 +169,8 @@ class HTTPChatLM(LM):
                 body["seed"] = self.seed
             if stop:
                 body["stop"] = list(stop)
+            if response_format:
+                body["response_format"] = response_format
             bodies.append(body)
         if self.concurrency == 1 or len(bodies) == 1:
             return [self._one(b) for b in bodies]
@@ -222,6 +248,18 @@ class HTTPChatLM(LM):
     def _count(self, key: str) -> None:
         with self._lock:
             self.counters[key] += 1
+
+
+def _strict(schema) -> bool:
+    """OpenAI's strict mode needs every object closed and every property required."""
+    if isinstance(schema, dict):
+        if "properties" in schema and (schema.get("additionalProperties") is not False
+                                       or set(schema.get("required", ())) != set(schema["properties"])):
+            return False
+        return all(_strict(v) for v in schema.values())
+    if isinstance(schema, (list, tuple)):
+        return all(_strict(v) for v in schema)
+    return True
 
 
 def _reason(e: Exception) -> str:

@@ -10,13 +10,14 @@ model cannot be trained here: LoRA arms refuse this backend at config time.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from harness import packaged
+from harness import constrained, packaged
 from harness.errors import ConfigError
 from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation,
                         answer_done, cut_answer, cut_middle, end_of_answer, plain_prompt)
@@ -64,6 +65,7 @@ class LlamaCppLM(LM):
         self.separator = "" if self.use_chat else " "
         self.file = path
         self.answer_end = self._answer_end()
+        self._grammars: dict = {}  # constraint key → (LlamaGrammar or None, report)
 
     def _answer_end(self) -> str:
         """What ends an answer (as the transformers backend): the chat template's end of turn, else EOS; the plain
@@ -130,19 +132,33 @@ class LlamaCppLM(LM):
             return answer_done(text, stop, max_sentences)
         return StoppingCriteriaList([ended])
 
+    # ---- constrained decoding ---------------------------------------------------------------------------
+    def prepare_constraint(self, constraint, arm: str) -> dict:
+        """Compile a constraint (harness.constrained) to a llama.cpp grammar, once: the report for prepare.json."""
+        key = constraint.key()
+        if key not in self._grammars:
+            self._grammars[key] = constrained.compile_for(
+                self, constraint, "llama.cpp", lambda c: llama_grammar(c, self.llm._model.vocab), arm)
+        return self._grammars[key][1]
+
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
-                 max_sentences: int | None = None) -> list[Generation]:
+                 max_sentences: int | None = None, constraint=None) -> list[Generation]:
+        """`constraint`: llama.cpp samples only what its grammar allows (the grammar's time is inside latency_s;
+        llama.cpp does not report it apart)."""
+        grammar = self._grammars[constraint.key()][0] if constraint is not None else None
         out = []
         for prompt in prompts:
             ids, truncated = self.encode(prompt, reserve=max_new_tokens)
             start = time.perf_counter()
             result = self.llm.create_completion(
-                ids, max_tokens=int(max_new_tokens), temperature=0.0,
+                ids, max_tokens=int(max_new_tokens), temperature=0.0, grammar=grammar,
                 stopping_criteria=self._ender(len(ids), stop, max_sentences) if stop or max_sentences else None)
             seconds = time.perf_counter() - start
             usage = result["usage"]
             out.append(Generation(cut_answer(result["choices"][0]["text"], stop, max_sentences),
                                   usage["prompt_tokens"], usage["completion_tokens"], seconds, truncated))
+            if grammar is not None:  # an answer still open at max_tokens can break its grammar (unclosed JSON)
+                out[-1].grammar_unfinished = result["choices"][0].get("finish_reason") == "length"
         return out
 
     # ---- label scoring ------------------------------------------------------------------------------------
@@ -171,6 +187,68 @@ class LlamaCppLM(LM):
             results.append(ChoiceScores(logprobs, len(ids), sum(len(c) for c in choice_ids),
                                         time.perf_counter() - start, truncated))
         return results
+
+
+CLASS_ESCAPES = {"d": "0-9", "w": "A-Za-z0-9_", "s": " \\t\\n\\r"}
+
+
+def plain_classes(pattern: str) -> str:
+    """`\\d`, `\\w`, `\\s` spelled as character ranges: llama-cpp-python's converter copies them into GBNF as
+    escapes GBNF does not have (`"\\d"`), and the grammar then fails to parse."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            nxt = pattern[i + 1]
+            if nxt in CLASS_ESCAPES:
+                out.append(CLASS_ESCAPES[nxt] if in_class else f"[{CLASS_ESCAPES[nxt]}]")
+            else:
+                out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if ch == "[" and not in_class:
+            in_class = True
+        elif ch == "]" and in_class:
+            in_class = False
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _patterns(schema):
+    if isinstance(schema, dict):
+        return {k: plain_classes(v) if k == "pattern" and isinstance(v, str) else _patterns(v)
+                for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_patterns(v) for v in schema]
+    return schema
+
+
+def gbnf(constraint) -> str:
+    """A constraint as GBNF: llama.cpp's own JSON-schema converter (llama-cpp-python's copy of it), or one rule of
+    label alternatives."""
+    if constraint.kind == constrained.JSON_SCHEMA:
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        schema = _patterns(constrained.split_type_lists(constrained.thaw(constraint.schema)))
+        return json_schema_to_gbnf(json.dumps(schema))
+    return constrained.label_grammar(constraint.labels)
+
+
+def llama_grammar(constraint, vocab=None):
+    """The LlamaGrammar of a constraint; with a model's vocabulary it is parsed here, so a grammar llama.cpp cannot
+    read is refused now (llama.cpp would otherwise fail inside generation)."""
+    import llama_cpp
+    from llama_cpp import LlamaGrammar
+
+    grammar = LlamaGrammar.from_string(gbnf(constraint), verbose=False)
+    if vocab is not None:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar._grammar.encode("utf-8"),
+                                                       grammar._root.encode("utf-8"))
+        if not sampler:
+            raise ValueError("llama.cpp cannot parse the grammar built from it")
+        llama_cpp.llama_sampler_free(sampler)
+    return grammar
 
 
 def _log_softmax(row: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import psutil
 
+from harness import constrained as constrained_decoding
 from harness import inference
 from harness.errors import ConfigError
 from harness.lm import TRAIN
@@ -44,12 +45,14 @@ class FullFT(Strategy):
         self.dev_fraction, self.select_on, self.seed = s["dev_fraction"], s["select_on"], s["seed"]
         self.decode, self.max_new_tokens, self.name = s["decode"], s["max_new_tokens"], name
         self.prompts = prompts or InstructionPrompts(template_from_config(s["template"]))
+        self.constrained, self.constraint = constrained_decoding.parse_setting(s["constrained"], name), None
         self.lm = None  # the tuned model, after prepare
 
     def describe(self) -> dict:
         return {"kind": "full_ft", **{k: v for k, v in self.train_config.items() if k not in LORA_ONLY},
                 "dev_fraction": self.dev_fraction, "select_on": self.select_on, "seed": self.seed,
-                "decode": self.decode, "max_new_tokens": self.max_new_tokens, **self.prompts.describe()}
+                "decode": self.decode, "max_new_tokens": self.max_new_tokens, **self.prompts.describe(),
+                **constrained_decoding.describe(self.constraint)}
 
     def check(self, task, lm) -> dict:
         """Refuse what the backend cannot train, and a model whose full fine-tuning would not fit in memory."""
@@ -60,7 +63,9 @@ class FullFT(Strategy):
         self.memory_gb = self.check_memory(lm.describe())
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
-        return {"decode": self.mode, "max_new_tokens": self.new_tokens,
+        self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
+                                                                             self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report,
                 "memory_estimate_gb": self.memory_gb}
 
     def check_memory(self, model: dict) -> float:
@@ -86,14 +91,16 @@ class FullFT(Strategy):
         seed = ctx.seed if self.seed is None else self.seed
         train, dev, dev_source = split_dev(self.task, self.dev_fraction, seed)
         report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source, "decode": self.mode,
-                  "max_new_tokens": self.new_tokens, "memory_estimate_gb": self.memory_gb}
+                  "max_new_tokens": self.new_tokens, "memory_estimate_gb": self.memory_gb,
+                  "constrained": self.constraint_report}
         train_pairs = training_pairs(self.task, self.prompts, train)
         dev_pairs = training_pairs(self.task, self.prompts, dev)
-        folder, key = cache_folder(ctx.cache_dir, "full_ft", [base.describe(), train_pairs, dev_pairs,
-                                                              self.describe(), seed])
+        settings = {k: v for k, v in self.describe().items()  # decoding alone does not change the weights
+                    if k != "constrained" or self.select_on == "dev_metric"}
+        folder, key = cache_folder(ctx.cache_dir, "full_ft", [base.describe(), train_pairs, dev_pairs, settings, seed])
         training, cached = train_cached(folder, key, lambda out: base.train_adapter(
             train_pairs, dev_pairs, self.train_config, out, seed, ctx.progress,
-            dev_metric(self.task, self.prompts, dev, self.mode, self.new_tokens)
+            dev_metric(self.task, self.prompts, dev, self.mode, self.new_tokens, self.constraint)
             if self.select_on == "dev_metric" else None, full=True))
         self.lm = base.with_weights(folder)
         self.prompts.lm = self.lm
@@ -109,4 +116,4 @@ class FullFT(Strategy):
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
-                                       max_new_tokens=self.new_tokens)
+                                       max_new_tokens=self.new_tokens, constraint=self.constraint)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from filelock import FileLock
 
+from harness import constrained as constrained_decoding
 from harness import inference
 from harness.errors import ConfigError
 from harness.lm import TRAIN
@@ -83,14 +84,15 @@ def training_pairs(task: Task, prompts, examples: Sequence[Example]) -> list[tup
     return [(p, target_text(task, ex.target)) for p, ex in zip(built, examples)]
 
 
-def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_tokens):
+def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_tokens, constraint=None):
     """The task's primary metric on dev for a model being trained (select_on: dev_metric)."""
     from harness.scoring import score_examples
 
     built, _, _ = prompts.build(dev, exclude_self=True)
 
     def metric(tuned) -> float:  # the backend puts the model in eval mode around the call
-        preds = inference.predict(task, tuned, dev, built, decode=mode, max_new_tokens=new_tokens)
+        preds = inference.predict(task, tuned, dev, built, decode=mode, max_new_tokens=new_tokens,
+                                  constraint=constraint)
         result = score_examples(task, dev, [p.output for p in preds])
         return result["metrics"][task.metric]
     return metric
@@ -98,7 +100,7 @@ def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_token
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "strategies"
 RUNNER_KEYS = ("_target_", "defaults", "seeds", "model")  # read by Hydra or the runner, never passed to the arm
-ARM_KEYS = ("dev_fraction", "select_on", "merge", "seed", "decode", "max_new_tokens", "template")  # not training
+ARM_KEYS = ("dev_fraction", "select_on", "merge", "seed", "decode", "max_new_tokens", "template", "constrained")  # not training
 
 
 @functools.cache
@@ -170,13 +172,14 @@ class LoRA(Strategy):
                                                                     s["seed"])
         self.decode, self.max_new_tokens, self.name = s["decode"], s["max_new_tokens"], name
         self.prompts = prompts or InstructionPrompts(template_from_config(s["template"]))
+        self.constrained, self.constraint = constrained_decoding.parse_setting(s["constrained"], name), None
         self.lm = None  # the tuned model, after prepare
 
     def describe(self) -> dict:
         return {"kind": "lora", **{k: list(v) if isinstance(v, tuple) else v for k, v in self.train_config.items()},
                 "dev_fraction": self.dev_fraction, "select_on": self.select_on, "merge": self.merge,
                 "seed": self.seed, "decode": self.decode, "max_new_tokens": self.max_new_tokens,
-                **self.prompts.describe()}
+                **self.prompts.describe(), **constrained_decoding.describe(self.constraint)}
 
     def check(self, task, lm) -> dict:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
@@ -186,7 +189,9 @@ class LoRA(Strategy):
                               field=f"strategies.{self.name}")
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
-        return {"decode": self.mode, "max_new_tokens": self.new_tokens}
+        self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
+                                                                             self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, base = ctx.task, ctx.lm
@@ -195,11 +200,12 @@ class LoRA(Strategy):
         seed = ctx.seed if self.seed is None else self.seed
         train, dev, dev_source = split_dev(self.task, self.dev_fraction, seed)
         report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source, "decode": self.mode,
-                  "max_new_tokens": self.new_tokens}
+                  "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
         train_pairs = self._pairs(train)
         dev_pairs = self._pairs(dev)
-        folder, key = cache_folder(ctx.cache_dir, "lora", [base.describe(), train_pairs, dev_pairs, self.describe(),
-                                                             seed])
+        settings = {k: v for k, v in self.describe().items()  # decoding alone does not change the adapter
+                    if k != "constrained" or self.select_on == "dev_metric"}
+        folder, key = cache_folder(ctx.cache_dir, "lora", [base.describe(), train_pairs, dev_pairs, settings, seed])
         training, cached = train_cached(folder, key, lambda out: base.train_adapter(
             train_pairs, dev_pairs, self.train_config, out, seed, ctx.progress,
             self._dev_metric(dev) if self.select_on == "dev_metric" else None))
@@ -222,7 +228,7 @@ class LoRA(Strategy):
         return training_pairs(self.task, self.prompts, examples)
 
     def _dev_metric(self, dev: Sequence[Example]):
-        return dev_metric(self.task, self.prompts, dev, self.mode, self.new_tokens)
+        return dev_metric(self.task, self.prompts, dev, self.mode, self.new_tokens, self.constraint)
 
     @property
     def tuned_lm(self):
@@ -231,4 +237,4 @@ class LoRA(Strategy):
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
-                                       max_new_tokens=self.new_tokens)
+                                       max_new_tokens=self.new_tokens, constraint=self.constraint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from harness import constrained as constrained_decoding
 from harness import inference
 from harness.display import status
 from harness.errors import ConfigError
@@ -26,11 +27,14 @@ class PromptOnly(Strategy):
 
     def __init__(self, shots: int | str = "auto", calibrate: bool = False, decode: str = "auto",
                  max_new_tokens: int | str = "auto",
-                 seed: int | None = None, template: dict | None = None, name: str = "prompt_only"):
+                 seed: int | None = None, template: dict | None = None, constrained: bool | str = False,
+                 name: str = "prompt_only"):
         if shots != "auto" and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
             raise ConfigError(f"must be a whole number ≥ 0 or auto, got {shots!r}", field=f"strategies.{name}.shots")
         self.shots, self.calibrate, self.decode = shots, bool(calibrate), decode
         self.max_new_tokens, self.seed, self.name = max_new_tokens, seed, name
+        self.constrained = constrained_decoding.parse_setting(constrained, name)
+        self.constraint = None
         self.template = template_from_config(template)
         self.demos: list[Example] = []
         self.prior: list[float] | None = None
@@ -39,7 +43,8 @@ class PromptOnly(Strategy):
     def describe(self) -> dict:
         return {"kind": "prompt_only", "shots": self.shots, "calibrate": self.calibrate, "decode": self.decode,
                 "max_new_tokens": self.max_new_tokens, "seed": self.seed,
-                "template": {"system": self.template.system, "user": self.template.user}}
+                "template": {"system": self.template.system, "user": self.template.user},
+                **constrained_decoding.describe(self.constraint)}
 
     def summary(self) -> str:
         k = len(self.demos)
@@ -53,14 +58,16 @@ class PromptOnly(Strategy):
         if self.mode == "score":
             mode += ", label scoring" + (" + calibration" if self.calibrate else "")
         else:
-            mode += ", generation"
+            mode += ", generation" + (" (constrained)" if self.constraint else "")
         return mode
 
     def check(self, task, lm) -> dict:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
-        return {"decode": self.mode, "max_new_tokens": self.new_tokens}
+        self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
+                                                                             self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
@@ -70,7 +77,7 @@ class PromptOnly(Strategy):
         self.demos, budget = self._pick(seed)
         self._prompt(self.task.heldout[0])  # a template error surfaces here, before any prediction
         report = {"demo_ids": [d.id for d in self.demos], "seed": seed, "summary": self.summary(),
-                  "decode": self.mode, "max_new_tokens": self.new_tokens}
+                  "decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
         if self.coverage:
             report["demo_coverage"] = {**self.coverage, "budget_tokens": budget}
         if self.calibrate and self.mode != "score":
@@ -116,4 +123,5 @@ class PromptOnly(Strategy):
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict(self.task, self.lm, examples, [self._prompt(ex) for ex in examples],
-                                 decode=self.mode, max_new_tokens=self.new_tokens, prior=self.prior)
+                                 decode=self.mode, max_new_tokens=self.new_tokens, prior=self.prior,
+                                 constraint=self.constraint)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Sequence
 
+from harness import constrained as constrained_decoding
 from harness import inference
 from harness.display import status
 from harness.errors import ConfigError
@@ -130,34 +131,40 @@ class Retrieval(Strategy):
 
     def __init__(self, retriever: Retriever, mode: str = "auto", k: int = 5, budget_tokens: int = 1024,
                  shots: int = 0, decode: str = "auto", max_new_tokens: int | str = "auto",
-                 template: dict | None = None, layout: str = "question",
+                 template: dict | None = None, layout: str = "question", constrained: bool | str = False,
                  name: str = "retrieval"):
         self.name, self.decode, self.max_new_tokens = name, decode, max_new_tokens
+        self.constrained = constrained_decoding.parse_setting(constrained, name)
+        self.constraint = None
         self.prompts = RetrievalPrompts(retriever, mode, int(k), int(budget_tokens), template_from_config(template),
                                         name, shots, layout)
 
     def describe(self) -> dict:
         return {"kind": "retrieval", **self.prompts.describe(), "decode": self.decode,
-                "max_new_tokens": self.max_new_tokens}
+                "max_new_tokens": self.max_new_tokens, **constrained_decoding.describe(self.constraint)}
 
     def check(self, task, lm) -> dict:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
-        return {"decode": self.mode, "max_new_tokens": self.new_tokens}
+        self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
+                                                                             self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
         if ctx.checked is None:  # not run by the runner's plan
             self.check(self.task, self.lm)
-        report = {**self.prompts.prepare(ctx), "decode": self.mode, "max_new_tokens": self.new_tokens}
+        report = {**self.prompts.prepare(ctx), "decode": self.mode, "max_new_tokens": self.new_tokens,
+                  "constrained": self.constraint_report}
         what = "passages" if self.prompts.mode == "knowledge" else "nearest demonstrations"
         report["summary"] = f"top-{report['k_used']} {what}" + (
             f" ≤ {self.prompts.budget} tokens" if self.prompts.mode == "knowledge" else "") + (
-            f", {len(self.prompts.demos)}-shot" if self.prompts.demos else "")
+            f", {len(self.prompts.demos)}-shot" if self.prompts.demos else "") + (
+            ", constrained" if self.constraint else "")
         return report
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,
-                                       max_new_tokens=self.new_tokens)
+                                       max_new_tokens=self.new_tokens, constraint=self.constraint)
 

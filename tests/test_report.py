@@ -54,6 +54,10 @@ def test_reports_are_self_contained_and_verdict_first(run_dir):
     md = (run_dir / "report.md").read_text()
     assert md.startswith("# tiny") and "![accuracy against cost](pareto.png)" in md
     assert (run_dir / "pareto.png").stat().st_size > 1000 and (run_dir / "training_curves.png").exists()
+    training = json.loads((run_dir / "comparison.json").read_text())["strategies"]["lora"]["training"]
+    assert training["stop_reason"] in ("fixed epochs", "plateau") and training["epochs_run"] <= 2
+    shown = f"best epoch {training['best_epoch']} of {training['epochs_run']}, stopped: {training['stop_reason']}"
+    assert shown in md and shown in html  # where training is shown: the arms table (md) and the Training section
 
 
 def test_harness_report_re_renders_from_json_with_another_volume(run_dir, tmp_path):
