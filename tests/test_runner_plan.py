@@ -132,3 +132,28 @@ def test_a_target_outside_the_protocol_is_refused_in_one_line(tmp_path):
         Runner(cfg, tmp_path / "run").run()
     assert "strategies.bare" in str(e.value) and "check" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("arm_class", ["strategies.prompt_only.PromptOnly", "strategies.lora.LoRA"])
+def test_a_strategy_handed_its_check_result_does_not_check_again(arm_class, tiny_model, tmp_path, monkeypatch):
+    from harness.lm_hf import TransformersLM
+    from harness.strategy import PrepareContext
+    from harness.task import load_task
+
+    module, _, name = arm_class.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    calls = []
+    original = cls.check
+    monkeypatch.setattr(cls, "check", lambda self, task, lm: calls.append(self) or original(self, task, lm))
+    task, lm = load_task(ROOT / "tasks" / "tiny"), TransformersLM(str(tiny_model))
+    settings = ({"epochs": 1, "rank": 2, "batch_size": 8, "dtype": "fp32", "target_modules": ["q_proj"]}
+                if name == "LoRA" else {"shots": 0})
+    arm = cls(**settings)
+    checked = arm.check(task, lm)
+    assert checked["decode"] == "score" and checked["max_new_tokens"] >= 1
+    no_bars = lambda d, t: (lambda n=1: None)  # noqa: E731
+    arm.prepare(PrepareContext(task, lm, tmp_path / "a", tmp_path / "cache", 0, no_bars, checked=checked))
+    assert calls == [arm]  # the plan's check only
+    other = cls(**settings)
+    other.prepare(PrepareContext(task, lm, tmp_path / "b", tmp_path / "cache", 0, no_bars))  # a direct caller
+    assert calls == [arm, other]
