@@ -125,6 +125,8 @@ class ArmPlan:
 
 @dataclass
 class Plan:
+    """A run as it will be done: what the recipe, each arm and the checks read instead of the raw config."""
+
     cfg: DictConfig
     run_dir: Path
     seed: int
