@@ -226,16 +226,15 @@ def setup(task, lm, setting: Any, mode: str, arm: str) -> tuple[Constraint | Non
         if task.type == "classification" and mode == "score":
             return None, {"on": False, "why": "label scoring already chooses among the labels"}
         return None, {"on": False, "setting": setting}
-    prepare = getattr(lm, "prepare_constraint", None)
+    report = lm.prepare_constraint(constraint, arm)
     backend = lm.describe().get("backend", "?")
-    if prepare is None:
+    if report is None:
         if setting is True:
             raise ConfigError(f"arm {arm!r} asks for constrained decoding, which its {backend} backend cannot do",
                               field=f"strategies.{arm}.constrained")
         status(f"[yellow]warning:[/yellow] {arm}: its {backend} backend cannot constrain decoding; generating "
                f"unconstrained")
         return None, {"on": False, "why": f"the {backend} backend cannot constrain decoding"}
-    report = prepare(constraint, arm)
     if not report.get("on"):
         return None, report
     return Constraint(constraint.kind, constraint.schema, constraint.labels, report), report

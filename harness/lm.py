@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 SCORE, GENERATE, TRAIN = "score", "generate", "train"
 PLAIN_ANSWER_END = "\n\n"  # what the plain format writes after an answer (its line end before the next turn)
@@ -99,6 +101,17 @@ def end_of_answer(suffix_ids: Sequence[int], stop_ids, special_ids) -> list[int]
     return []
 
 
+MIN_SHARED_PREFIX = 16  # tokens; below this a shared-prefix pass is not worth its bookkeeping
+
+
+def common_prefix(seqs: Sequence[Sequence[int]], limit: int, minimum: int = MIN_SHARED_PREFIX) -> int:
+    """Length of the token prefix all sequences share (at most `limit`), or 0 when shorter than `minimum`."""
+    first, k = seqs[0], 0
+    while k < limit and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return k if k >= minimum else 0
+
+
 def cut_middle(ids: list[int], budget: int) -> list[int]:
     """Keep the first and last tokens of a too-long prompt (instruction and input), dropping the middle."""
     head = budget // 2
@@ -106,12 +119,23 @@ def cut_middle(ids: list[int], budget: int) -> list[int]:
 
 
 class LM(Protocol):
+    """Every member a strategy or the harness calls. A backend subclasses `LM` for the defaults of the optional
+    members: `counters` (empty) and the training members, which a backend without the `train` capability never
+    receives (strategies check `TRAIN in capabilities` in their check(), before any work)."""
+
     capabilities: frozenset[str]
+    counters: ClassVar[Mapping[str, int]] = MappingProxyType({})
+    """Requests, retries, cache hits, failures so far (a backend that counts them sets its own dict)."""
 
     def render(self, messages: Sequence[dict]) -> str:
         """Chat messages → the prompt text exactly as the model sees it (chat template or plain format)."""
 
     def count_tokens(self, text: str) -> int: ...
+
+    @property
+    def context_length(self) -> int | None:
+        """The model's context in tokens where the backend knows it (transformers, llama.cpp), else None."""
+        return None
 
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceScores]:
         """Log-likelihood of each choice as the whole answer after each prompt (batched, shared prefixes): the
@@ -121,9 +145,31 @@ class LM(Protocol):
     def generate(self, prompts: Sequence[str], max_new_tokens: int, stop: Sequence[str] = (),
                  max_sentences: int | None = None, constraint=None) -> list[Generation]:
         """Greedy continuation of each prompt, ended at the end of the model's turn, a stop string or after
-        `max_sentences` sentences (see `cut_answer`); `output_tokens` counts the tokens generated. A backend with
-        `prepare_constraint(constraint, arm) -> report` also takes a prepared `constraint` (harness.constrained):
-        the answer then follows its grammar."""
+        `max_sentences` sentences (see `cut_answer`); `output_tokens` counts the tokens generated. A backend whose
+        `prepare_constraint` compiled a `constraint` (harness.constrained) takes it here: the answer then follows its
+        grammar."""
+        ...
+
+    def prepare_constraint(self, constraint: Any, arm: str) -> dict | None:
+        """Compile a constraint (harness.constrained) for generate(constraint=…): the report for prepare.json
+        (`on`: whether generation will follow it); None: this backend cannot constrain decoding."""
+        return None
 
     def describe(self) -> dict:
         """Model id, backend, device, dtype, parameter count: recorded with every result."""
+        ...
+
+    def train_adapter(self, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[tuple[str, str]],
+                      config: Mapping[str, Any], out_dir: Path, seed: int, progress: Callable | None = None,
+                      dev_metric: Callable[[LM], float] | None = None, full: bool = False) -> dict:
+        """Train a LoRA adapter (or, with `full`, every weight) on (prompt, target) pairs into out_dir, the best
+        epoch on dev kept (by dev loss, or by `dev_metric(lm being trained)`); returns the training report."""
+        raise NotImplementedError(f"the {self.describe().get('backend')} backend cannot train")
+
+    def with_adapter(self, path: Path, merge: bool = True) -> LM:
+        """This model with the adapter saved at path (train_adapter), merged into its weights when `merge`."""
+        raise NotImplementedError(f"the {self.describe().get('backend')} backend cannot load an adapter")
+
+    def with_weights(self, path: Path) -> LM:
+        """This backend around the fully fine-tuned weights saved at path (train_adapter(full=True))."""
+        raise NotImplementedError(f"the {self.describe().get('backend')} backend cannot load trained weights")

@@ -18,18 +18,8 @@ from transformers.utils import logging as hf_logging
 
 from harness import constrained, packaged
 from harness.errors import ConfigError
-from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation, answer_done,
-                        cut_answer, cut_middle, end_of_answer, plain_prompt)
-
-MIN_SHARED_PREFIX = 16  # tokens; below this a shared-prefix pass is not worth its bookkeeping
-
-
-def common_prefix(seqs: Sequence[Sequence[int]], limit: int, minimum: int = MIN_SHARED_PREFIX) -> int:
-    """Length of the token prefix all sequences share (at most `limit`), or 0 when shorter than `minimum`."""
-    first, k = seqs[0], 0
-    while k < limit and all(s[k] == first[k] for s in seqs):
-        k += 1
-    return k if k >= minimum else 0
+from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation,
+                        answer_done, common_prefix, cut_answer, cut_middle, end_of_answer, plain_prompt)
 
 
 def pick_device(device: str) -> torch.device:
@@ -81,7 +71,7 @@ class GrammarMask(LogitsProcessor):
         return scores
 
 
-class TransformersLM:
+class TransformersLM(LM):
     capabilities = frozenset({SCORE, GENERATE, TRAIN})
 
     def __init__(self, name_or_path: str, cache_dir: str | None = None, device: str = "auto", dtype: str = "auto",
@@ -171,6 +161,10 @@ class TransformersLM:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=not self.use_chat).input_ids)
+
+    @property
+    def context_length(self) -> int:
+        return self.max_length
 
     # ---- adapters -----------------------------------------------------------------------------------------
     def with_model(self, model, adapter: str | None = None) -> "TransformersLM":

@@ -35,7 +35,7 @@ import httpx
 from harness import constrained
 from harness.display import status
 from harness.errors import ConfigError, HarnessError
-from harness.lm import GENERATE, Generation, cut_answer
+from harness.lm import GENERATE, LM, Generation, cut_answer
 
 CHARS_PER_TOKEN = 2  # generous: SmolLM2's tokenizer measured 2.3 characters per token on the supplier_intake forms
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -46,7 +46,7 @@ class BackendError(HarnessError):
     """The server could not be used (unreachable after retries, key refused): the arm stops, its answers kept."""
 
 
-class HTTPChatLM:
+class HTTPChatLM(LM):
     capabilities = frozenset({GENERATE})
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, concurrency: int = 4,

@@ -19,8 +19,8 @@ import numpy as np
 
 from harness import constrained, packaged
 from harness.errors import ConfigError
-from harness.lm import (ANSWER_PROBE, GENERATE, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation, answer_done,
-                        cut_answer, cut_middle, end_of_answer, plain_prompt)
+from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation,
+                        answer_done, cut_answer, cut_middle, end_of_answer, plain_prompt)
 
 
 def gguf_file(model_path: str, cache_dir: Path) -> Path:
@@ -34,7 +34,7 @@ def gguf_file(model_path: str, cache_dir: Path) -> Path:
     return path
 
 
-class LlamaCppLM:
+class LlamaCppLM(LM):
     capabilities = frozenset({GENERATE, SCORE})
 
     def __init__(self, model_path: str, cache_dir: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
@@ -106,6 +106,10 @@ class LlamaCppLM:
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokens(text, bos=not self.use_chat))
+
+    @property
+    def context_length(self) -> int:
+        return self.n_ctx
 
     def describe(self) -> dict:
         return {"backend": "llama.cpp", "name_or_path": str(self.model_path), "file": self.file.name,

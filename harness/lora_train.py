@@ -25,8 +25,7 @@ from transformers import get_constant_schedule_with_warmup, get_linear_schedule_
 from transformers.utils import logging as hf_logging
 
 from harness.errors import ConfigError
-from harness.lm import cut_middle
-from harness.lm_hf import common_prefix
+from harness.lm import common_prefix, cut_middle
 
 
 @dataclass(frozen=True)
@@ -326,7 +325,9 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
         record = {"epoch": epoch, "train_loss": loss_sum / max(1, count), "dev_loss": dev_loss,
                   "optimizer_steps": updates}
         if dev_metric is not None:
+            model.eval()  # measured as the model will predict (no dropout)
             record["dev_metric"] = dev_metric(accelerator.unwrap_model(model))
+            model.train()
         history.append(record)
         score = -record["dev_metric"] if dev_metric is not None else dev_loss
         if best is None or score < best:

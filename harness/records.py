@@ -143,6 +143,18 @@ class Training:
                  if k != "cached" and (getattr(self, k) is not None or k in self._ALWAYS)}
         return {**typed, **self.other, "cached": self.cached}
 
+    # what a strategy's prepare report (`report["training"]`) contributes to the arm's result
+    REPORTED = ("wall_s", "tokens_seen", "tokens_per_s", "peak_memory_mb", "peak_memory_kind", "device", "autocast",
+                "trainable_parameters", "train_examples", "dev_examples", "best_epoch", "epochs_run", "stop_reason",
+                "optimizer_steps", "method", "history")
+
+    @classmethod
+    def from_report(cls, training: Mapping | None, cached: bool) -> Training | None:
+        """The measured cost of training from a prepare report, also when the run reused the cached artefact."""
+        if not training:
+            return None
+        return cls.from_json({**{k: training.get(k) for k in cls.REPORTED}, "cached": cached})
+
     @classmethod
     def from_json(cls, raw: Mapping | None) -> Training | None:
         if not raw:  # written as null (or {}) for an arm that did not train

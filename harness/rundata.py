@@ -87,15 +87,21 @@ def settings(raw: Mapping | None, seed: int) -> decide.Settings:
     return decide.Settings(**raw, seed=seed)
 
 
-def decide_run(run_dir: Path, cost_raw: Mapping | None = None, decision_raw: Mapping | None = None) -> dict:
+def decide_run(run_dir: Path, cost_raw: Mapping | None = None, decision_raw: Mapping | None = None, *,
+               cost_config: costs.CostConfig | None = None, decision: decide.Settings | None = None) -> dict:
     """Re-make the decision of a results folder from its JSON and write it into comparison.json. Cost and decision
-    settings default to those the run recorded in run.json."""
+    settings: those given validated (`cost_config`, `decision`: the runner's plan), else validated from `cost_raw`
+    / `decision_raw`, else from what the run recorded in run.json."""
     run_dir = Path(run_dir)
     comparison = read_run_file(run_dir / "comparison.json")
-    config = read_run_file(run_dir / "run.json").get("config", {})
-    cost_cfg = costs.load_cost_config(cost_raw if cost_raw is not None else config.get("cost"))
-    s = settings(decision_raw if decision_raw is not None else config.get("decision"), int(config.get("seed", 0)))
-    comparison["decision"] = decide.decide(evidence(run_dir, comparison), cost_cfg, s)
+    if cost_config is None or decision is None:
+        config = read_run_file(run_dir / "run.json").get("config", {})
+        if cost_config is None:
+            cost_config = costs.load_cost_config(cost_raw if cost_raw is not None else config.get("cost"))
+        if decision is None:
+            decision = settings(decision_raw if decision_raw is not None else config.get("decision"),
+                                int(config.get("seed", 0)))
+    comparison["decision"] = decide.decide(evidence(run_dir, comparison), cost_config, decision)
     write_json(run_dir / "comparison.json", comparison)
     return comparison
 

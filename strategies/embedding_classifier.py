@@ -22,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 
 from harness.errors import ConfigError
 from harness.scoring import score_examples
-from harness.strategy import PrepareContext, Prediction
+from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example, Task, subset
 
 if TYPE_CHECKING:  # the retriever is built by Hydra from the arm's config and handed in
@@ -49,10 +49,10 @@ def log_loss(model: LogisticRegression, vectors: np.ndarray, targets: Sequence[s
     return float(-np.mean([log_p[i, j] for i, j in rows]))
 
 
-class EmbeddingClassifier:
+class EmbeddingClassifier(Strategy):
     """Sentence embeddings + logistic regression; no LLM is loaded or called."""
 
-    uses_llm = False  # read by the runner: a run whose arms are all LLM-free does not load the run's model
+    uses_llm = False  # a run whose arms are all LLM-free does not load the run's model
 
     def __init__(self, retriever: Retriever, c_grid: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
                  dev_fraction: float = 0.2, max_iter: int = 2000, seed: int | None = None,
@@ -78,13 +78,14 @@ class EmbeddingClassifier:
                 "dev_fraction": self.dev_fraction, "max_iter": self.max_iter, "seed": self.seed,
                 "scikit_learn": sklearn.__version__}
 
-    def check(self, task: Task, lm=None) -> None:
+    def check(self, task: Task, lm=None) -> dict:
         """Refuse tasks that are not classification (one line naming the arm)."""
         if task.type != "classification":
             raise ConfigError(f"arm {self.name!r} predicts labels, so it needs a classification task; {task.name} "
                               f"is {task.type}", field=f"strategies.{self.name}")
         if len({ex.target for ex in task.train}) < 2:
             raise ConfigError(f"arm {self.name!r} needs train examples of at least 2 labels", field="train")
+        return {}
 
     # ---- fitting --------------------------------------------------------------------------------------------
     def _dev_split(self, task: Task, seed: int) -> tuple[list[Example], list[Example], str]:
@@ -115,7 +116,8 @@ class EmbeddingClassifier:
 
     def prepare(self, ctx: PrepareContext) -> dict:
         task = self.task = ctx.task
-        self.check(task)
+        if ctx.checked is None:  # not run by the runner's plan
+            self.check(task)
         seed = ctx.seed if self.seed is None else int(self.seed)
         start = time.perf_counter()
         train_vecs, train_state = self._embed(task.train, ctx, f"{self.name}: embed train")

@@ -17,7 +17,7 @@ from harness import inference
 from harness.errors import ConfigError
 from harness.lm import TRAIN
 from harness.prompts import template_from_config
-from harness.strategy import PrepareContext, Prediction
+from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example
 from strategies.lora import (ARM_KEYS, InstructionPrompts, arm_settings, cache_folder, dev_metric, split_dev,
                              stop_words, train_cached, training_pairs)
@@ -31,7 +31,7 @@ def training_memory_gb(parameters: int) -> float:
     return parameters * BYTES_PER_PARAMETER / 2**30
 
 
-class FullFT:
+class FullFT(Strategy):
     """Settings: conf/strategies/full_ft.yaml (lora.yaml's keys and max_memory_gb)."""
 
     def __init__(self, prompts=None, name: str = "full_ft", **settings):
@@ -46,6 +46,7 @@ class FullFT:
         self.decode, self.max_new_tokens, self.name = s["decode"], s["max_new_tokens"], name
         self.prompts = prompts or InstructionPrompts(template_from_config(s["template"]))
         self.constrained, self.constraint = constrained_decoding.parse_setting(s["constrained"], name), None
+        self.lm = None  # the tuned model, after prepare
 
     def describe(self) -> dict:
         return {"kind": "full_ft", **{k: v for k, v in self.train_config.items() if k not in LORA_ONLY},
@@ -53,7 +54,7 @@ class FullFT:
                 "decode": self.decode, "max_new_tokens": self.max_new_tokens, **self.prompts.describe(),
                 **constrained_decoding.describe(self.constraint)}
 
-    def check(self, task, lm) -> None:
+    def check(self, task, lm) -> dict:
         """Refuse what the backend cannot train, and a model whose full fine-tuning would not fit in memory."""
         if TRAIN not in lm.capabilities:
             raise ConfigError(f"arm {self.name!r} fine-tunes the model, which its "
@@ -64,6 +65,8 @@ class FullFT:
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
         self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
                                                                              self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report,
+                "memory_estimate_gb": self.memory_gb}
 
     def check_memory(self, model: dict) -> float:
         """The estimated training memory (GB), refused above max_memory_gb or (CPU) the available RAM."""
@@ -83,7 +86,8 @@ class FullFT:
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, base = ctx.task, ctx.lm
-        self.check(self.task, base)
+        if ctx.checked is None:  # not run by the runner's plan
+            self.check(self.task, base)
         seed = ctx.seed if self.seed is None else self.seed
         train, dev, dev_source = split_dev(self.task, self.dev_fraction, seed)
         report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source, "decode": self.mode,
@@ -108,7 +112,7 @@ class FullFT:
     @property
     def tuned_lm(self):
         """The fine-tuned model this arm predicts with (the forgetting check scores it on a control set)."""
-        return getattr(self, "lm", None)
+        return self.lm
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,

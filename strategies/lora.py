@@ -28,7 +28,7 @@ from harness.errors import ConfigError
 from harness.lm import TRAIN
 from harness.prompts import PromptTemplate, build_messages, target_text, template_from_config
 from harness.results import read_json, write_json
-from harness.strategy import PrepareContext, Prediction
+from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example, Task
 
 MIN_DEV = 4
@@ -90,11 +90,9 @@ def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_token
 
     built, _, _ = prompts.build(dev, exclude_self=True)
 
-    def metric(tuned) -> float:
-        tuned.model.eval()
+    def metric(tuned) -> float:  # the backend puts the model in eval mode around the call
         preds = inference.predict(task, tuned, dev, built, decode=mode, max_new_tokens=new_tokens,
                                   constraint=constraint)
-        tuned.model.train()
         result = score_examples(task, dev, [p.output for p in preds])
         return result["metrics"][task.metric]
     return metric
@@ -160,7 +158,7 @@ def stop_words(training: dict) -> str:
     return f"best {training['best_epoch']}" + (f", {reason}" if reason else "")
 
 
-class LoRA:
+class LoRA(Strategy):
     """Settings: conf/strategies/lora.yaml (every key, with its default and meaning); missing keys take those
     defaults, unknown keys are refused."""
 
@@ -175,6 +173,7 @@ class LoRA:
         self.decode, self.max_new_tokens, self.name = s["decode"], s["max_new_tokens"], name
         self.prompts = prompts or InstructionPrompts(template_from_config(s["template"]))
         self.constrained, self.constraint = constrained_decoding.parse_setting(s["constrained"], name), None
+        self.lm = None  # the tuned model, after prepare
 
     def describe(self) -> dict:
         return {"kind": "lora", **{k: list(v) if isinstance(v, tuple) else v for k, v in self.train_config.items()},
@@ -182,7 +181,7 @@ class LoRA:
                 "seed": self.seed, "decode": self.decode, "max_new_tokens": self.max_new_tokens,
                 **self.prompts.describe(), **constrained_decoding.describe(self.constraint)}
 
-    def check(self, task, lm) -> None:
+    def check(self, task, lm) -> dict:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
         if TRAIN not in lm.capabilities:
             raise ConfigError(f"arm {self.name!r} trains an adapter, which its {lm.describe().get('backend', '?')} "
@@ -192,10 +191,12 @@ class LoRA:
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
         self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
                                                                              self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, base = ctx.task, ctx.lm
-        self.check(self.task, base)
+        if ctx.checked is None:  # not run by the runner's plan
+            self.check(self.task, base)
         seed = ctx.seed if self.seed is None else self.seed
         train, dev, dev_source = split_dev(self.task, self.dev_fraction, seed)
         report = {"prompts": self.prompts.prepare(ctx), "dev": dev_source, "decode": self.mode,
@@ -232,7 +233,7 @@ class LoRA:
     @property
     def tuned_lm(self):
         """The fine-tuned model this arm predicts with (the forgetting check scores it on a control set)."""
-        return getattr(self, "lm", None)
+        return self.lm
 
     def predict(self, examples: Sequence[Example]) -> list[Prediction]:
         return inference.predict_built(self.task, self.lm, examples, self.prompts.build, decode=self.mode,

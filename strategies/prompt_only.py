@@ -15,19 +15,14 @@ from harness import inference
 from harness.display import status
 from harness.errors import ConfigError
 from harness.prompts import build_messages, pick_demos, template_from_config
-from harness.strategy import PrepareContext, Prediction
+from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example
 
 AUTO_BUDGET = 0.6  # share of the model's context the prompt with automatic demonstrations may fill
 AUTO_OTHER = 10    # `auto` on a task without labels
 
 
-def context_length(lm) -> int | None:
-    """The arm's model context in tokens where its backend knows it (transformers, llama.cpp), else None."""
-    return getattr(lm, "max_length", None) or getattr(lm, "n_ctx", None)
-
-
-class PromptOnly:
+class PromptOnly(Strategy):
     """Zero-shot (shots=0) or few-shot prompting of the arm's model."""
 
     def __init__(self, shots: int | str = "auto", calibrate: bool = False, decode: str = "auto",
@@ -66,16 +61,18 @@ class PromptOnly:
             mode += ", generation" + (" (constrained)" if self.constraint else "")
         return mode
 
-    def check(self, task, lm) -> None:
+    def check(self, task, lm) -> dict:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
         self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
                                                                              self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
-        self.check(self.task, self.lm)
+        if ctx.checked is None:  # not run by the runner's plan
+            self.check(self.task, self.lm)
         seed = ctx.seed if self.seed is None else self.seed
         self.demos, budget = self._pick(seed)
         self._prompt(self.task.heldout[0])  # a template error surfaces here, before any prediction
@@ -99,7 +96,7 @@ class PromptOnly:
             demos, budget = pick_demos(task, self.shots, seed), None
         else:
             demos = pick_demos(task, len({ex.target for ex in task.train}) if labels else AUTO_OTHER, seed)
-            context = context_length(self.lm)
+            context = self.lm.context_length
             budget = int(context * AUTO_BUDGET) if context else None
             if budget:  # the most demonstrations (in their seeded order) whose prompt fits, for the longest input
                 longest = max(task.heldout, key=lambda ex: len(ex.input))

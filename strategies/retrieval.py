@@ -18,7 +18,7 @@ from harness import inference
 from harness.display import status
 from harness.errors import ConfigError
 from harness.prompts import PromptTemplate, build_messages, pick_demos, template_from_config
-from harness.strategy import PrepareContext, Prediction
+from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example
 
 if TYPE_CHECKING:  # the retriever is built by Hydra from the arm's config and handed in
@@ -126,7 +126,7 @@ class RetrievalPrompts:
         return prompts, retrieved, usage
 
 
-class Retrieval:
+class Retrieval(Strategy):
     """Retrieval-augmented prompting of the arm's model."""
 
     def __init__(self, retriever: Retriever, mode: str = "auto", k: int = 5, budget_tokens: int = 1024,
@@ -143,16 +143,18 @@ class Retrieval:
         return {"kind": "retrieval", **self.prompts.describe(), "decode": self.decode,
                 "max_new_tokens": self.max_new_tokens, **constrained_decoding.describe(self.constraint)}
 
-    def check(self, task, lm) -> None:
+    def check(self, task, lm) -> dict:
         """Refuse, before any arm runs, what the task or the arm's backend cannot do."""
         self.mode = inference.resolve_decode(task, lm, self.decode, self.name)
         self.new_tokens = inference.max_new_tokens_for(task, lm, self.max_new_tokens, self.name)
         self.constraint, self.constraint_report = constrained_decoding.setup(task, lm, self.constrained, self.mode,
                                                                              self.name)
+        return {"decode": self.mode, "max_new_tokens": self.new_tokens, "constrained": self.constraint_report}
 
     def prepare(self, ctx: PrepareContext) -> dict:
         self.task, self.lm = ctx.task, ctx.lm
-        self.check(self.task, self.lm)
+        if ctx.checked is None:  # not run by the runner's plan
+            self.check(self.task, self.lm)
         report = {**self.prompts.prepare(ctx), "decode": self.mode, "max_new_tokens": self.new_tokens,
                   "constrained": self.constraint_report}
         what = "passages" if self.prompts.mode == "knowledge" else "nearest demonstrations"
