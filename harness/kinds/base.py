@@ -84,9 +84,9 @@ class TaskKind(Protocol):
         ...
 
 
-MEMBERS = ("name", "metrics", "default_metric", "mean_of", "proxy_of", "labelled", "keys", "breakdown",
-           "read_spec", "parse_target", "example_meta", "answer_text", "constraint", "score", "aggregate",
-           "bootstrap")
+# Every member a kind must have (checked by harness.kinds.register): the attributes and methods declared above.
+MEMBERS = tuple(TaskKind.__annotations__) + tuple(n for n, v in vars(TaskKind).items()
+                                                  if callable(v) and not n.startswith("_"))
 
 
 def mean(records: Sequence[Mapping], key: str) -> float:
