@@ -19,7 +19,7 @@ from pathlib import Path
 from harness.lm import cut_answer
 from harness.lm_hf import TransformersLM
 from harness.retriever import Retriever
-from harness.scoring import score_examples
+from harness.scoring import score_arm
 from harness.strategy import PrepareContext
 from harness.task import load_task
 from strategies.prompt_only import PromptOnly
@@ -59,7 +59,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             for label, outputs in (("as generated", [g.text for g in gens]),
                                    ("ended", [cut_answer(g.text, ["\n"], 1) for g in gens])):
-                m = score_examples(task, examples, outputs)["metrics"]
+                m = score_arm(task, examples, outputs)["metrics"]
                 tokens = ([g.output_tokens for g in gens] if label == "as generated"
                           else [lm.count_tokens(o) for o in outputs])
                 print(f"{arm:12s} {label:13s} fact_recall {m['fact_recall']:.3f} answer_exact "

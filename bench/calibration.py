@@ -21,7 +21,7 @@ from pathlib import Path
 
 from harness.lm_hf import TransformersLM
 from harness.provenance import cpu_info
-from harness.scoring import score
+from harness.scoring import score_arm
 from harness.strategy import PrepareContext
 from harness.task import load_task
 from strategies.prompt_only import PromptOnly
@@ -53,8 +53,7 @@ def main() -> None:
                 preds = arm.predict(task.heldout)
                 seconds = time.perf_counter() - start
                 outputs = [p.output for p in preds]
-                result = score("classification", [ex.target for ex in task.heldout], outputs, labels=task.labels,
-                               label_text=task.label_text)
+                result = score_arm(task, task.heldout, outputs)
                 counts = Counter(outputs)
                 label = f"{shots}-shot" + (" + calibration" if calibrate else "")
                 print(f"{label:<28}{result['metrics']['accuracy']:>9.3f}{result['metrics']['macro_f1']:>10.3f}"

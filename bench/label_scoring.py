@@ -24,7 +24,7 @@ import torch
 from harness.lm_hf import TransformersLM
 from harness.prompts import PromptTemplate, build_messages, pick_demos
 from harness.provenance import cpu_info
-from harness.scoring import parse_label
+from harness.kinds.classification import parse_label
 from harness.task import load_task
 
 ROOT = Path(__file__).resolve().parent.parent

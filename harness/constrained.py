@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from harness import kinds
+# JSON_SCHEMA, LABELS, Constraint, fields_schema and thaw are also named as constrained.X by backends and tests
+from harness.answer_constraint import JSON_SCHEMA, LABELS, Constraint, fields_schema, thaw  # noqa: F401
 from harness.display import status
 from harness.errors import ConfigError
 
-JSON_SCHEMA, LABELS = "json_schema", "labels"
 # Keywords that describe but never constrain: ignored by every grammar and harmless to leave out.
 ANNOTATIONS = frozenset({"title", "description", "$schema", "$id", "$comment", "default", "examples", "deprecated",
                          "readOnly", "writeOnly", "$anchor"})
@@ -55,63 +56,11 @@ def parse_setting(value: Any, arm: str) -> str | bool:
     raise ConfigError(f"must be auto, true or false, got {value!r}", field=f"strategies.{arm}.constrained")
 
 
-@dataclass(frozen=True)
-class Constraint:
-    """What the decoder must produce: a JSON value valid under `schema`, or exactly one of `labels`."""
-
-    kind: str
-    schema: Mapping[str, Any] | None = None
-    labels: tuple[str, ...] = ()
-    report: dict = field(default_factory=dict, compare=False)  # library, compile time, left-out keywords
-
-    def key(self) -> str:
-        return json.dumps([self.kind, self.schema, list(self.labels)], sort_keys=True, default=_plain)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, (list, tuple)):
-        return list(value)
-    return str(value)
-
-
-def thaw(value: Any) -> Any:
-    """A task's frozen schema as plain dicts and lists (what libraries take)."""
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [thaw(v) for v in value]
-    return value
-
-
-def fields_schema(fields) -> dict:
-    """The schema of an extraction task without one: an object with exactly its fields, each a scalar or null."""
-    return {"type": "object", "properties": {f: {"type": ["string", "number", "null"]} for f in fields},
-            "required": list(fields), "additionalProperties": False}
-
-
 def wanted(task, setting: str | bool, mode: str, arm: str) -> Constraint | None:
     """The constraint an arm's setting asks for on this task with its resolved decode mode, or None (off)."""
     if setting is False:
         return None
-    if task.type == "extraction":
-        if task.schema is not None:
-            return Constraint(JSON_SCHEMA, schema=thaw(task.schema))
-        if setting is True and task.fields:
-            return Constraint(JSON_SCHEMA, schema=fields_schema(task.fields))
-        if setting is True:
-            raise ConfigError(f"constrained decoding needs the task's schema or fields ({task.name} has neither)",
-                              field=f"strategies.{arm}.constrained")
-        return None
-    if task.type == "classification":
-        if mode == "generate":
-            return Constraint(LABELS, labels=tuple(task.text_of(label) for label in task.labels))
-        return None  # label scoring already chooses among the labels
-    if setting is True:
-        raise ConfigError(f"constrained decoding needs an extraction schema or a label set ({task.name} is a "
-                          f"{task.type} task)", field=f"strategies.{arm}.constrained")
-    return None
+    return kinds.of(task).constraint(task, mode, setting is True, f"strategies.{arm}.constrained")
 
 
 def unsupported(schema: Any, supported: frozenset[str], path: str = "#") -> list[tuple[str, str]]:
@@ -223,7 +172,7 @@ def setup(task, lm, setting: Any, mode: str, arm: str) -> tuple[Constraint | Non
     setting = parse_setting(setting, arm)
     constraint = wanted(task, setting, mode, arm)
     if constraint is None:
-        if task.type == "classification" and mode == "score":
+        if mode == "score":  # only a labelled task kind is scored per label (inference.resolve_decode)
             return None, {"on": False, "why": "label scoring already chooses among the labels"}
         return None, {"on": False, "setting": setting}
     report = lm.prepare_constraint(constraint, arm)

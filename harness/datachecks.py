@@ -18,6 +18,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import phonenumbers
 
+from harness import kinds
 from harness.task import Task, exact_overlap
 
 PII_PATTERNS = {
@@ -129,7 +130,7 @@ def near_duplicates(heldout_ids: Sequence[str], heldout_vecs: np.ndarray, other_
 
 
 def label_balance(task: Task) -> dict | None:
-    if task.type != "classification":
+    if not kinds.of(task).labelled:
         return None
     train, held = Counter(ex.target for ex in task.train), Counter(ex.target for ex in task.heldout)
     present = [train[label] for label in task.labels if train[label]]

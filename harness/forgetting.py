@@ -76,8 +76,8 @@ def load_control(task: Task, which: str = "auto", limit: int | None = None) -> C
         def score_task(lm) -> list[float]:
             prompts = [lm.render(build_messages(task, template, ex)) for ex in examples]
             preds = inference.predict(task, lm, examples, prompts, max_new_tokens=64)
-            result = scoring.score_examples(task, examples, [p.output for p in preds])
-            key = scoring.mean_key(task.metric) or {"macro_f1": "correct", "field_f1": "field_accuracy"}[task.metric]
+            result = scoring.score_arm(task, examples, [p.output for p in preds])
+            key = scoring.per_example_key(task.type, task.metric)
             return [float(r[key]) for r in result["per_example"]]
         return ControlSet(f"{task.name} control split", tuple(ex.id for ex in examples), score_task,
                           f"zero-shot prompts, task metric {task.metric}")

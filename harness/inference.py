@@ -8,6 +8,7 @@ import math
 import time
 from typing import Sequence
 
+from harness import kinds
 from harness.display import status
 from harness.errors import ConfigError
 from harness.lm import GENERATE, SCORE
@@ -27,7 +28,7 @@ def log_softmax(values: Sequence[float]) -> list[float]:
 
 def uses_scoring(task: Task, decode: str) -> bool:
     """Whether an arm with this (resolved) decode mode scores labels rather than generating."""
-    return task.type == "classification" and decode in ("auto", "score")
+    return kinds.of(task).labelled and decode in ("auto", "score")
 
 
 def resolve_decode(task: Task, lm, decode: str, arm: str) -> str:
@@ -37,10 +38,11 @@ def resolve_decode(task: Task, lm, decode: str, arm: str) -> str:
     field = f"strategies.{arm}.decode"
     if decode not in DECODE_MODES:
         raise ConfigError(f"must be one of {', '.join(DECODE_MODES)}, got {decode!r}", field=field)
-    if decode == "score" and task.type != "classification":
+    labelled = kinds.of(task).labelled  # answers from a label set: scored per label where the backend can
+    if decode == "score" and not labelled:
         raise ConfigError(f"label scoring needs a classification task ({task.name} is {task.type})", field=field)
     backend = lm.describe().get("backend", "?")
-    if task.type == "classification" and decode != "generate":
+    if labelled and decode != "generate":
         if SCORE in lm.capabilities:
             return "score"
         if decode == "score":

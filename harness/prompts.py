@@ -5,7 +5,6 @@ Templates are jinja2 strings from config; the model wrapper turns messages into 
 
 from __future__ import annotations
 
-import json
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any, Sequence
 
 import jinja2
 
+from harness import kinds
 from harness.errors import ConfigError
 from harness.task import Example, Task
 
@@ -66,12 +66,8 @@ def template_from_config(value) -> PromptTemplate:
 
 
 def target_text(task: Task, target: Any) -> str:
-    """How a target is written as the assistant's answer (demonstrations, training)."""
-    if task.type == "classification":
-        return task.text_of(target)
-    if task.type == "extraction":
-        return json.dumps(dict(target), ensure_ascii=False)
-    return target if isinstance(target, str) else target[0]
+    """How a target is written as the assistant's answer (demonstrations, training): its task kind's way."""
+    return kinds.of(task).answer_text(task, target)
 
 
 def _render(template: str, **variables) -> str:
@@ -100,13 +96,13 @@ def build_messages(task: Task, template: PromptTemplate, example: Example, demos
 
 
 def pick_demos(task: Task, k: int, seed: int) -> list[Example]:
-    """k demonstrations from train, seeded; for classification balanced across labels (round robin over
-    shuffled labels), then shuffled so the last demonstration's label is not predictable."""
+    """k demonstrations from train, seeded; for a labelled task kind (classification) balanced across labels
+    (round robin over shuffled labels), then shuffled so the last demonstration's label is not predictable."""
     rng = random.Random(seed)
     pool = list(task.train)
     if k <= 0:
         return []
-    if task.type != "classification":
+    if not kinds.of(task).labelled:
         return rng.sample(pool, min(k, len(pool)))
     by_label: dict[str, list[Example]] = defaultdict(list)
     for ex in pool:

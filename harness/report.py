@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from jinja2 import Environment, FileSystemLoader
 
-from harness import plots
+from harness import kinds, plots
 from harness.records import Comparison
 from harness.results import read_json, write_bytes, write_text
 from harness.rows import arm_rows
@@ -89,12 +89,9 @@ def build_view(run_dir: Path) -> dict:
     shown = [a for a in dict.fromkeys([choice, decision.get("best")]) if a in details]
     for arm in shown:
         add(f"confusion_{arm}.png", plots.confusion(details[arm], arm))
-    if comparison.task_type == "classification":
-        add("per_label.png", plots.per_label({a: {k: v["f1"] for k, v in d.get("per_label", {}).items()}
-                                              for a, d in details.items()}, "F1 per label"))
-    elif comparison.task_type == "extraction":
-        add("per_field.png", plots.per_label({a: d.get("per_field_exact_match", {}) for a, d in details.items()},
-                                             "exact match per field"))
+    breakdown = kinds.get(comparison.task_type, field="task_type").breakdown  # per label, per field, or none
+    if breakdown is not None:
+        add(breakdown.figure, plots.per_label({a: breakdown.values(d) for a, d in details.items()}, breakdown.title))
     histories = {a: (p.get("training") or {}).get("history") for a, p in prepared.items()}
     add("training_curves.png", plots.training_curves(histories))
     primary = comparison.primary_metric

@@ -8,21 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from harness import scoring
-
-
-def _macro_f1(gold: np.ndarray, pred: np.ndarray, n_labels: int, idx: np.ndarray) -> np.ndarray:
-    """Macro-F1 per resample from a (resamples × n) index matrix; label code n_labels means invalid."""
-    side = n_labels + 1
-    rows = idx.shape[0]
-    codes = (np.arange(rows)[:, None] * side * side + gold[idx] * side + pred[idx]).ravel()
-    counts = np.bincount(codes, minlength=rows * side * side).reshape(rows, side, side)[:, :n_labels, :]
-    tp = np.einsum("bii->bi", counts[:, :, :n_labels])
-    fn = counts.sum(axis=2) - tp                    # gold label, predicted anything else (incl. invalid)
-    fp = counts[:, :, :n_labels].sum(axis=1) - tp   # predicted label, gold anything else
-    present = (tp + fn + fp) > 0
-    f1 = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
-    return np.where(present.any(axis=1), (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1), 0.0)
+from harness import kinds, scoring
 
 
 def metric_samples(task_type: str, records: Sequence[Mapping], idx: np.ndarray,
@@ -34,16 +20,8 @@ def metric_samples(task_type: str, records: Sequence[Mapping], idx: np.ndarray,
         key = scoring.mean_key(metric)
         if key is not None:
             out[metric] = np.asarray([float(r[key]) for r in records])[idx].mean(axis=1)
-        elif metric == "macro_f1":
-            code = {label: i for i, label in enumerate(labels)}
-            gold = np.asarray([code[r["gold"]] for r in records])
-            pred = np.asarray([code.get(r["parsed"], len(labels)) for r in records])
-            out[metric] = _macro_f1(gold, pred, len(labels), idx)
-        elif metric == "field_f1":
-            tp, fp, fn = (np.asarray([r[k] for r in records], dtype=float)[idx].sum(axis=1) for k in ("tp", "fp", "fn"))
-            out[metric] = np.where(tp > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-12), 0.0)
-        else:
-            raise ValueError(f"no bootstrap rule for metric {metric!r}")
+        else:  # a ratio metric (macro_f1, field_f1): its task kind resamples it
+            out[metric] = kinds.get(task_type).bootstrap(metric, records, idx, labels)
     return out
 
 

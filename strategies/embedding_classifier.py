@@ -20,10 +20,12 @@ import sklearn
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
+from harness import kinds
 from harness.errors import ConfigError
-from harness.scoring import score_examples
+from harness.scoring import score_arm
+from harness.sampling import subset
 from harness.strategy import PrepareContext, Prediction, Strategy
-from harness.task import Example, Task, subset
+from harness.task import Example, Task
 
 if TYPE_CHECKING:  # the retriever is built by Hydra from the arm's config and handed in
     from harness.retriever import Retriever
@@ -79,8 +81,8 @@ class EmbeddingClassifier(Strategy):
                 "scikit_learn": sklearn.__version__}
 
     def check(self, task: Task, lm=None) -> dict:
-        """Refuse tasks that are not classification (one line naming the arm)."""
-        if task.type != "classification":
+        """Refuse tasks whose answers are not labels (one line naming the arm)."""
+        if not kinds.of(task).labelled:
             raise ConfigError(f"arm {self.name!r} predicts labels, so it needs a classification task; {task.name} "
                               f"is {task.type}", field=f"strategies.{self.name}")
         if len({ex.target for ex in task.train}) < 2:
@@ -136,7 +138,7 @@ class EmbeddingClassifier(Strategy):
             for c in self.c_grid:
                 model, stopped = self._fit(fit_vecs, [ex.target for ex in fit], c)
                 outputs = [str(label) for label in model.predict(dev_vecs)]
-                scores[c] = float(score_examples(task, dev, outputs)["metrics"][task.metric])
+                scores[c] = float(score_arm(task, dev, outputs)["metrics"][task.metric])
                 losses[c] = log_loss(model, dev_vecs, [ex.target for ex in dev])
                 if stopped:
                     unconverged.append(c)

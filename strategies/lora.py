@@ -23,11 +23,12 @@ from typing import Any, Callable, Mapping, Sequence
 from filelock import FileLock
 
 from harness import constrained as constrained_decoding
-from harness import inference
+from harness import inference, kinds
 from harness.errors import ConfigError
 from harness.lm import TRAIN
 from harness.prompts import PromptTemplate, build_messages, target_text, template_from_config
 from harness.results import read_json, write_json
+from harness.scoring import score_arm
 from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example, Task
 
@@ -54,7 +55,7 @@ class InstructionPrompts:
 
 
 def split_dev(task: Task, fraction: float, seed: int) -> tuple[list[Example], list[Example], str]:
-    """The task's dev split, or a seeded carve-out of train (stratified by label for classification)."""
+    """The task's dev split, or a seeded carve-out of train (stratified by label for a labelled task kind)."""
     if task.split("dev"):
         return list(task.train), list(task.split("dev")), "task dev split"
     n_dev = max(MIN_DEV, round(fraction * len(task.train)))
@@ -62,9 +63,10 @@ def split_dev(task: Task, fraction: float, seed: int) -> tuple[list[Example], li
         raise ConfigError(f"train split has {len(task.train)} examples; carving a dev set of {n_dev} needs at least "
                           f"{MIN_TRAIN + n_dev} (or add dev.jsonl to the task)", field="train")
     rng = random.Random(seed)
+    labelled = kinds.of(task).labelled
     groups: dict = defaultdict(list)
     for ex in task.train:
-        groups[ex.target if task.type == "classification" else None].append(ex)
+        groups[ex.target if labelled else None].append(ex)
     dev_ids = set()
     for key in sorted(groups, key=str):
         members = groups[key][:]
@@ -86,14 +88,12 @@ def training_pairs(task: Task, prompts, examples: Sequence[Example]) -> list[tup
 
 def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_tokens, constraint=None):
     """The task's primary metric on dev for a model being trained (select_on: dev_metric)."""
-    from harness.scoring import score_examples
-
     built, _, _ = prompts.build(dev, exclude_self=True)
 
     def metric(tuned) -> float:  # the backend puts the model in eval mode around the call
         preds = inference.predict(task, tuned, dev, built, decode=mode, max_new_tokens=new_tokens,
                                   constraint=constraint)
-        result = score_examples(task, dev, [p.output for p in preds])
+        result = score_arm(task, dev, [p.output for p in preds])
         return result["metrics"][task.metric]
     return metric
 

@@ -11,7 +11,7 @@ import math
 from typing import Sequence
 
 from harness import constrained as constrained_decoding
-from harness import inference
+from harness import inference, kinds
 from harness.display import status
 from harness.errors import ConfigError
 from harness.prompts import build_messages, pick_demos, template_from_config
@@ -51,7 +51,7 @@ class PromptOnly(Strategy):
         mode = f"{k}-shot" if k else "zero-shot"
         if self.shots == "auto":
             mode = f"auto {mode}"
-        if self.task.type == "classification" and k:
+        if kinds.of(self.task).labelled and k:
             mode += " balanced"
         if self.coverage and self.coverage["labels_shown"] < self.coverage["labels"]:
             mode += f" ({self.coverage['labels_shown']} of {self.coverage['labels']} labels shown)"

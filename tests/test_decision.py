@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from harness import cost, decide, scoring, stats, uncertainty
+from harness.kinds import classification
 from harness.errors import ConfigError
 from harness.rundata import settings as load_settings
 
@@ -83,7 +84,7 @@ def test_macro_f1_matches_scoring_on_random_resamples():
     rng = np.random.default_rng(1)
     gold = rng.choice(LABELS, 50)
     parsed = [g if rng.random() < 0.6 else rng.choice(LABELS + [None]) for g in gold]
-    records = scoring.score_classification(LABELS, list(gold), [p or "???" for p in parsed])["per_example"]
+    records = classification.score_labels(LABELS, list(gold), [p or "???" for p in parsed])["per_example"]
     idx = stats.bootstrap_indices(50, 30, 3)
     samples = uncertainty.metric_samples("classification", records, idx, LABELS)["macro_f1"]
     for row, value in zip(idx, samples):

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from harness import scoring
+from harness.kinds import generation
 from harness.errors import TaskError
 from harness.facts import content_words, derived_facts, fact_scores, words
 from harness.lm import answer_done, cut_answer
@@ -39,7 +40,7 @@ def test_fact_recall_credits_the_fact_not_the_phrasing():
     assert fact_scores("For 6 months.", ref, Q_FILE) == {"fact_recall": 0.5, "answer_exact": 0}  # 6, not years
     long_right = "Quillfeather keeps the personnel file of every leaver for 6 years, then deletes it securely."
     assert fact_scores(long_right, ref, Q_FILE)["fact_recall"] == 1.0
-    assert scoring.token_f1(long_right, ref[0]) < scoring.token_f1("We keep your file after you leave.", ref[0])
+    assert generation.token_f1(long_right, ref[0]) < generation.token_f1("We keep your file after you leave.", ref[0])
     wrong = fact_scores("Yes, you can work for another employer.",
                         ["No, it can't be used to work for another employer."], Q_JOB)
     assert wrong == {"fact_recall": 0.5, "answer_exact": 0}  # work, employer of no, used, work, employer
@@ -63,11 +64,11 @@ def test_best_reference_and_answers_without_facts():
 
 def test_scoring_computes_fact_metrics_only_when_asked():
     targets, outputs = ["6 years after you leave.", "27 days."], ["Six years.", "27 days of leave a year."]
-    plain = scoring.score("generation", targets, outputs)
+    plain = generation.score_texts(targets, outputs)
     assert "fact_recall" not in plain["metrics"] and "fact_recall" not in plain["per_example"][0]
-    result = scoring.score("generation", targets, outputs, metrics=["fact_recall", "answer_exact"],
-                           inputs=[Q_FILE, "How many days of leave do I get?"],
-                           facts=[None, ["27 days"]])
+    result = generation.score_texts(targets, outputs, metrics=["fact_recall", "answer_exact"],
+                                    inputs=[Q_FILE, "How many days of leave do I get?"],
+                                    facts=[None, ["27 days"]])
     assert result["metrics"]["fact_recall"] == 1.0 and result["metrics"]["answer_exact"] == 1.0
     assert scoring.mean_key("fact_recall") == "fact_recall"
 

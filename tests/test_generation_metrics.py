@@ -104,8 +104,7 @@ def _form_task(folder, heldout_target):
 def test_form_numbers_compare_as_numbers_and_schema_validity_is_counted(tmp_path):
     task = load_task(_form_task(tmp_path / "t", {"name": "C", "amount": None}))
     outputs = ['{"name": "B", "amount": "1,250.50"}', '{"name": "C", "amount": null, "extra": 1}']
-    result = scoring.score("extraction", [ex.target for ex in task.heldout], outputs, fields=task.fields,
-                           schema=task.schema)
+    result = scoring.score_arm(task, task.heldout, outputs)
     per = result["per_example"]
     assert per[0]["fields"] == {"name": 1, "amount": 1}        # "1,250.50" equals 1250.5 for a number field
     assert [p["schema_valid"] for p in per] == [0, 0]          # a string amount; an extra key

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from harness.errors import TaskError
-from harness.task import DATA_ROOT_ENV, load_task
+from harness.task import load_task
+from harness.taskdata import DATA_ROOT_ENV
 from tests.conftest import ROOT
 
 SHARED = ROOT.parent / "shared" / "datasets"

@@ -1,13 +1,15 @@
 import pytest
 
-from harness.scoring import parse_json_object, parse_label, score
+from harness.kinds.classification import parse_label, score_labels
+from harness.kinds.extraction import parse_json_object, score_fields
+from harness.kinds.generation import score_texts
 
 
 def test_classification_metrics_by_hand():
     labels = ["a", "b", "c"]
     targets = ["a", "a", "b", "b", "c", "c"]
     outputs = ["a", "b", "b", "b", "garbage", "a"]
-    r = score("classification", targets, outputs, labels=labels)
+    r = score_labels(labels, targets, outputs)
     m = r["metrics"]
     assert m["accuracy"] == pytest.approx(3 / 6)
     # per-label F1: a: tp1 fp1 fn1 → 0.5; b: tp2 fp1 fn0 → 0.8; c: tp0 → 0
@@ -40,7 +42,7 @@ def test_extraction_metrics_by_hand():
     fields = ["name", "amount", "date"]
     targets = [{"name": "ACME", "amount": "12", "date": None}, {"name": "Bo", "amount": "5", "date": "2024-01-02"}]
     outputs = ['{"name": "acme ", "amount": "12", "date": null}', 'I think {"name": "Bo", "amount": "7"']
-    r = score("extraction", targets, outputs, fields=fields)
+    r = score_fields(fields, targets, outputs)
     m = r["metrics"]
     # ex1: all three fields match (name case/space-insensitive). ex2: invalid JSON → nothing predicted.
     assert m["valid_json_rate"] == 0.5 and m["record_exact_match"] == 0.5
@@ -50,7 +52,7 @@ def test_extraction_metrics_by_hand():
 
 
 def test_generation_metrics():
-    r = score("generation", ["The cat sat", ("Paris", "paris, France")], ["the cat sat!", "It is Paris"])
+    r = score_texts(["The cat sat", ("Paris", "paris, France")], ["the cat sat!", "It is Paris"])
     assert r["per_example"][0] == {"exact_match": 1, "token_f1": 1.0}
     assert r["per_example"][1]["exact_match"] == 0
     assert r["per_example"][1]["token_f1"] == pytest.approx(2 * (1 / 3) * 1 / (1 / 3 + 1))

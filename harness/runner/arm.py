@@ -55,31 +55,31 @@ def score_strategy(task: Task, records: dict[str, dict], encode=None, extra: dic
     """Score an arm's recorded outputs; `encode` (texts → normalised vectors) computes embedding_cosine; `extra`
     adds per-example values measured elsewhere ({"judge_pass": {id: 0/1}})."""
     examples = [ex for ex in task.heldout if ex.id in records]
-    result = scoring.score_examples(task, examples, [records[ex.id]["output"] for ex in examples])
-    per_example = {ex.id: s for ex, s in zip(examples, result["per_example"])}
-    added = False  # per-example values joined here; the metrics are then re-aggregated once
+    outputs = [records[ex.id]["output"] for ex in examples]
+    measures: dict[str, list] = {}
     if "embedding_cosine" in task.metrics and encode is not None and examples:
-        for ex, value in zip(examples, embedding_cosines(encode, [records[ex.id]["output"] for ex in examples],
-                                                         [ex.target for ex in examples])):
-            per_example[ex.id]["embedding_cosine"] = value
-        added = True
-    if extra and examples:
-        for key, values in extra.items():
-            for ex in examples:
-                per_example[ex.id][key] = values[ex.id]
-        added = True
+        measures["embedding_cosine"] = embedding_cosines(encode, outputs, [ex.target for ex in examples])
+    if examples:
+        measures.update({key: [values[ex.id] for ex in examples] for key, values in (extra or {}).items()})
+    measures.update(retrieval_measures(examples, records))
+    result = scoring.score_arm(task, examples, outputs, measures)
+    return {"primary_metric": task.metric, "n": len(examples), "metrics": result["metrics"],
+            "details": result["details"],
+            "per_example": {ex.id: s for ex, s in zip(examples, result["per_example"])}}
+
+
+def retrieval_measures(examples: list, records: dict[str, dict]) -> dict[str, list]:
+    """recall@k and the reciprocal rank per example, when every example names its gold documents and every
+    prediction recorded the documents it retrieved (k up to the fewest retrieved)."""
     gold = [(ex, records[ex.id].get("retrieved")) for ex in examples if ex.meta.get("doc_ids")]
-    if gold and len(gold) == len(examples) and all(hits and all("doc_id" in h for h in hits) for _, hits in gold):
-        depth = min(len(hits) for _, hits in gold)  # recall@k only where k passages were retrieved
-        ks = tuple(k for k in (1, 3, 5, 10) if k <= depth)
-        for (ex, _), found in zip(gold, scoring.retrieval_per_example(
-                [list(ex.meta["doc_ids"]) for ex, _ in gold], [[h["doc_id"] for h in hits] for _, hits in gold], ks)):
-            per_example[ex.id].update(found)
-        added = True
-    metrics = (scoring.aggregate(task.type, list(per_example.values()), task.labels) if added
-               else dict(result["metrics"]))
-    return {"primary_metric": task.metric, "n": len(examples), "metrics": metrics,
-            "details": result["details"], "per_example": per_example}
+    if not gold or len(gold) != len(examples) or not all(hits and all("doc_id" in h for h in hits)
+                                                         for _, hits in gold):
+        return {}
+    depth = min(len(hits) for _, hits in gold)
+    ks = tuple(k for k in (1, 3, 5, 10) if k <= depth)
+    found = scoring.retrieval_per_example([list(ex.meta["doc_ids"]) for ex, _ in gold],
+                                          [[h["doc_id"] for h in hits] for _, hits in gold], ks)
+    return {key: [f[key] for f in found] for key in found[0]}
 
 
 def run_or_record(arm: ArmPlan, run: ArmRun) -> ArmResult:

@@ -15,7 +15,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
-from harness import cost, decide, display, rundata
+from harness import cost, decide, display, kinds, rundata
 from harness.errors import ConfigError, HarnessError
 from harness.records import replicate_name
 from harness.results import read_json
@@ -207,7 +207,7 @@ def judge_model(cfg: DictConfig, task: Task, lm: Any, models: Models) -> Any:
     settings = cfg.get("judge") or {}
     if not settings.get("enabled"):
         return None
-    if task.type != "generation" or not task.judge:
+    if "judge_pass" not in kinds.of(task).metrics or not task.judge:  # the judge marks judge_pass
         raise ConfigError(f"the LLM judge needs a generation task with `judge: {{rubric: …}}` in task.yaml "
                           f"({task.name} is {task.type}{'' if task.judge else ', without a judge rubric'})",
                           field="judge.enabled")
