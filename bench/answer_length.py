@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from harness.lm import cut_answer
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.retriever import Retriever
 from harness.scoring import score_arm
 from harness.strategy import PrepareContext

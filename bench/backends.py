@@ -16,10 +16,10 @@ import os
 import time
 from pathlib import Path
 
-from harness.llama_server import LlamaServer
-from harness.lm_hf import TransformersLM
-from harness.lm_http import HTTPChatLM
-from harness.lm_llamacpp import LlamaCppLM
+from harness.lm.server import LlamaServer
+from harness.lm.hf import TransformersLM
+from harness.lm.http import HTTPChatLM
+from harness.lm.llamacpp import LlamaCppLM
 from harness.prompts import PromptTemplate, build_messages, pick_demos
 from harness.provenance import cpu_info
 from harness.task import load_task

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.provenance import cpu_info
 from harness.scoring import score_arm
 from harness.strategy import PrepareContext

@@ -152,7 +152,7 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from harness import packaged
+    from harness.lm import packaged
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=24, help="held-out answers of supplier_intake fed through")

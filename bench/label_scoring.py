@@ -1,6 +1,6 @@
 """Benchmark: three ways to classify with an LM, side by side in one run on the same prompts and model.
 
-(a) shared-prefix label scoring (harness.lm_hf.TransformersLM.score_choices): each prompt runs once, every label is
+(a) shared-prefix label scoring (harness.lm.hf.TransformersLM.score_choices): each prompt runs once, every label is
     scored from its KV cache, and the token prefix all prompts share (instruction + demonstrations) runs once;
 (b) naive scoring: one full forward pass per (prompt, label + end of turn) pair, batched over labels (the lm-eval
     approach);
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.prompts import PromptTemplate, build_messages, pick_demos
 from harness.provenance import cpu_info
 from harness.kinds.classification import parse_label

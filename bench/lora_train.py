@@ -3,7 +3,7 @@
 Same model (the packaged SmolLM2-135M-Instruct), same LoRA settings, same data (support_triage's zero-shot training
 prompts, the lora arm's compact template), one epoch each, so both see the same real (non-padding) tokens.
 - baseline: transformers.Trainer, pad-to-longest batches (right padding), fp32, logits and loss over every position;
-- ours: harness.lora_train (length-grouped batches, LM head and loss only at target positions, bf16 autocast where
+- ours: harness.lm.training (length-grouped batches, LM head and loss only at target positions, bf16 autocast where
   the CPU has native bf16).
 Each runs in its own process (so peak RSS is its own); times cover the training steps only (trainer.train() for
 the baseline, the summed step times for ours: its per-epoch dev evaluation is excluded). Prints real tokens/s of each and the ratio, peak RSS, the CPU
@@ -46,7 +46,7 @@ def pairs(lm, n_train: int, n_dev: int):
 def dev_loss(model, lm, dev_pairs) -> float:
     import torch
 
-    from harness.lora_train import collate, encode_pairs, target_loss
+    from harness.lm.training import collate, encode_pairs, target_loss
 
     data, _ = encode_pairs(lm, dev_pairs, LORA["max_length"])
     model.eval()
@@ -59,7 +59,7 @@ def dev_loss(model, lm, dev_pairs) -> float:
 
 
 def run_ours(lm, train_pairs, dev_pairs) -> dict:
-    from harness.lora_train import TrainConfig, train_lora
+    from harness.lm.training import TrainConfig, train_lora
     from strategies.lora import lora_defaults  # the rest of the settings: conf/strategies/lora.yaml
 
     with tempfile.TemporaryDirectory() as out:
@@ -79,7 +79,7 @@ def run_baseline(lm, train_pairs, dev_pairs) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from harness.lora_train import encode_pairs
+    from harness.lm.training import encode_pairs
 
     data, _ = encode_pairs(lm, train_pairs, LORA["max_length"])
     rows = [{"input_ids": e.ids, "attention_mask": [1] * len(e.ids),
@@ -105,7 +105,7 @@ def run_baseline(lm, train_pairs, dev_pairs) -> dict:
 
 
 def child(which: str, n_train: int, n_dev: int) -> None:
-    from harness.lm_hf import TransformersLM
+    from harness.lm.hf import TransformersLM
 
     lm = TransformersLM("packaged:smollm2-135m-instruct",
                         cache_dir=os.environ.get("HARNESS_CACHE", str(Path.home() / ".cache" / "harness")))
@@ -123,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args.child, args.train, args.dev)
-    from harness.lora_train import cpu_has_native_bf16
+    from harness.lm.training import cpu_has_native_bf16
     from harness.provenance import cpu_info
 
     cpu = cpu_info()

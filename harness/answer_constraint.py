@@ -1,7 +1,7 @@
 """What a constrained decoder must produce: a JSON value valid under a schema, or exactly one of a set of labels.
 
 Plain data, built by the task kinds (harness/kinds) and compiled by each backend's grammar library
-(harness/constrained.py says when an arm is constrained and how a grammar is compiled).
+(harness/lm/constrained.py says when an arm is constrained and how a grammar is compiled).
 """
 
 from __future__ import annotations

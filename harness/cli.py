@@ -15,7 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from harness import display, runlock
+from harness import runlock
+
+from harness.report import display
 from harness.errors import ConfigError, HarnessError
 from harness.results import write_json
 
@@ -179,7 +181,8 @@ def _report(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, help="write the new decision and report into this new folder (the JSON "
                         "they need is copied there) and leave RUN_DIR as it is")
     args = parser.parse_args(argv)
-    from harness import report, rundata
+    from harness import rundata
+    from harness.report import render as report
     from harness.results import read_json
 
     run_json = args.run_dir / "run.json"
@@ -232,7 +235,7 @@ def _compare(argv: list[str]) -> int:
     parser.add_argument("run_b", type=Path)
     parser.add_argument("--json", type=Path, help="also write the comparison to this file")
     args = parser.parse_args(argv)
-    from harness.compare import compare_runs
+    from harness.report.compare import compare_runs
     from harness.results import write_json
 
     diff = compare_runs(args.run_a, args.run_b)
@@ -248,7 +251,7 @@ def _curve(argv: list[str]) -> int:
                                      "metric with its interval per size, and where fine-tuning overtakes the others.")
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
-    from harness.curve import write_curve
+    from harness.report.curve import write_curve
 
     curve = write_curve(args.sweep_dir)
     display.console.print(display.curve_table(curve))
@@ -263,7 +266,7 @@ def _sweep(argv: list[str]) -> int:
                                      "the learning curve when limit.train was swept.")
     parser.add_argument("sweep_dir", type=Path)
     args = parser.parse_args(argv)
-    from harness import sweep_report
+    from harness.report import sweep as sweep_report
 
     report = sweep_report.write(args.sweep_dir)
     display.console.print(sweep_report.table(report))

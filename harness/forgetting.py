@@ -1,5 +1,5 @@
 """The catastrophic-forgetting check: the base model and each fine-tuned model answer the same control set, and
-the decision reports the change with an interval (harness.decide.forgetting).
+the decision reports the change with an interval (harness.decision.decide.forgetting).
 
 The control set is the task's `control` split when it has one (scored like the held-out set, zero-shot), otherwise
 the general multiple-choice set shipped in harness/data/general_control.jsonl (each choice's log-likelihood as the

@@ -9,7 +9,7 @@ import time
 from typing import Sequence
 
 from harness import kinds
-from harness.display import status
+from harness.report.display import status
 from harness.errors import ConfigError
 from harness.lm import GENERATE, SCORE
 from harness.prompts import target_text
@@ -88,7 +88,7 @@ def predict(task: Task, lm, examples: Sequence[Example], prompts: Sequence[str],
             max_new_tokens: int = 128, prior: Sequence[float] | None = None,
             retrieved: Sequence[list[dict]] | None = None, extra_usage: Sequence[dict] | None = None,
             constraint=None) -> list[Prediction]:
-    """`constraint`: a prepared harness.constrained.Constraint the generation follows (None: unconstrained)."""
+    """`constraint`: a prepared harness.lm.constrained.Constraint the generation follows (None: unconstrained)."""
     retrieved = retrieved or [None] * len(examples)
     extra_usage = extra_usage or [{}] * len(examples)
     if not uses_scoring(task, decode):

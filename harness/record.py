@@ -13,7 +13,9 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness import stats, uncertainty
+from harness.decision import stats
+
+from harness.decision import uncertainty
 from harness.scoring import aggregate
 from harness.errors import HarnessError
 from harness.records import ArmResult, Comparison

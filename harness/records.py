@@ -289,7 +289,7 @@ _COMPARISON_KEYS = ("task", "task_type", "primary_metric", "heldout_n", "run_dir
 @dataclass
 class Comparison:
     """A run's comparison.json: the task, every arm's result (JSON key "strategies") and, once made, the decision
-    (kept as the JSON that harness.decide writes)."""
+    (kept as the JSON that harness.decision.decide writes)."""
 
     task: str
     task_type: str

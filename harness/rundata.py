@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness import cost as costs
-from harness import decide
+from harness.decision import cost as costs
+from harness.decision import decide
 from harness.errors import ConfigError, HarnessError
 from harness.records import Comparison
 from harness.results import read_json, write_json

@@ -1,8 +1,8 @@
 """One report for a whole multirun (`harness sweep SWEEP_DIR`): every job folder of a Hydra sweep read back, whatever
 was swept (arms' settings, models, train sizes, seeds, tasks); one row per job and arm with the primary metric and
 its interval, cost and verdict, the swept overrides as columns; unfinished and failed jobs listed, never dropped;
-the learning-curve reading (harness/curve.py) when `limit.train` was swept. Pure: results folders in, a dict out
-(harness/sweep_report.py writes it)."""
+the learning-curve reading (harness/report/curve.py) when `limit.train` was swept. Pure: results folders in, a dict out
+(harness/report/sweep.py writes it)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from harness import curve
+from harness.report import curve
 from harness.errors import HarnessError
 from harness.records import Comparison
 from harness.results import read_json

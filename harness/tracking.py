@@ -15,7 +15,7 @@ from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from harness import display
+from harness.report import display
 from harness.records import Comparison
 from harness.results import read_json, write_json
 

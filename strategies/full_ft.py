@@ -12,7 +12,7 @@ from typing import Sequence
 
 import psutil
 
-from harness import constrained as constrained_decoding
+from harness.lm import constrained as constrained_decoding
 from harness import inference
 from harness.errors import ConfigError
 from harness.lm import TRAIN

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from filelock import FileLock
 
-from harness import constrained as constrained_decoding
+from harness.lm import constrained as constrained_decoding
 from harness import inference, kinds
 from harness.errors import ConfigError
 from harness.lm import TRAIN

@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from harness import constrained as constrained_decoding
+from harness.lm import constrained as constrained_decoding
 from harness import inference, kinds
-from harness.display import status
+from harness.report.display import status
 from harness.errors import ConfigError
 from harness.prompts import build_messages, pick_demos, template_from_config
 from harness.strategy import PrepareContext, Prediction, Strategy

@@ -1,4 +1,4 @@
-"""Constrained decoding (harness/constrained.py) with the real libraries: xgrammar on a tiny random model, llama.cpp's
+"""Constrained decoding (harness/lm/constrained.py) with the real libraries: xgrammar on a tiny random model, llama.cpp's
 grammar built from a schema, OpenAI response_format over the HTTP backend; the auto/true/false rules."""
 
 import json
@@ -8,9 +8,9 @@ import httpx
 import jsonschema
 import pytest
 
-from harness import constrained
+from harness.lm import constrained
 from harness.errors import ConfigError
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.strategy import PrepareContext
 from harness.task import load_task
 from strategies.prompt_only import PromptOnly
@@ -122,7 +122,7 @@ def test_a_grammar_that_does_not_compile_turns_the_constraint_off(capsys):
 def test_llama_cpp_grammar_from_the_task_schema():
     from llama_cpp import LlamaGrammar
 
-    from harness.lm_llamacpp import gbnf, llama_grammar
+    from harness.lm.llamacpp import gbnf, llama_grammar
 
     schema = constrained.thaw(load_task(ROOT / "tasks" / "supplier_intake").schema)
     text = gbnf(constrained.Constraint(constrained.JSON_SCHEMA, schema=schema))
@@ -135,7 +135,7 @@ def test_llama_cpp_grammar_from_the_task_schema():
 
 
 def test_http_backend_sends_a_simple_schema_as_response_format(tmp_path, capsys):
-    from harness.lm_http import HTTPChatLM
+    from harness.lm.http import HTTPChatLM
 
     seen = []
 
@@ -174,8 +174,8 @@ def test_an_arm_records_its_constraint_and_keeps_its_fingerprint_when_off(lm, tm
 
 @pytest.mark.slow
 def test_llama_cpp_constrained_answers_follow_the_schema_and_the_labels(monkeypatch):
-    from harness import lm_llamacpp
-    from harness.lm_llamacpp import LlamaCppLM
+    from harness.lm import llamacpp as lm_llamacpp
+    from harness.lm.llamacpp import LlamaCppLM
 
     lm = LlamaCppLM("packaged:smollm2-135m-instruct", n_ctx=1024)
     task = load_task(ROOT / "tasks" / "supplier_intake")

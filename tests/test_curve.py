@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from harness.curve import learning_curve
+from harness.report.curve import learning_curve
 from tests.conftest import ROOT, run_harness
 
 

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from harness import cost, decide, scoring, stats, uncertainty
+from harness import scoring
+
+from harness.decision import cost
+
+from harness.decision import decide
+
+from harness.decision import stats
+
+from harness.decision import uncertainty
 from harness.kinds import classification
 from harness.errors import ConfigError
 from harness.rundata import settings as load_settings

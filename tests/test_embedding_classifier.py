@@ -13,7 +13,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from harness import cost
+from harness.decision import cost
 from harness.errors import ConfigError
 from harness.records import ArmResult, Usage
 from harness.retriever import Retriever

@@ -119,7 +119,7 @@ def test_answer_end_on_hand_made_text():
 
 
 def test_transformers_backend_stops_at_a_stop_string_and_counts_fewer_tokens(tiny_model):
-    from harness.lm_hf import TransformersLM
+    from harness.lm.hf import TransformersLM
 
     lm = TransformersLM(str(tiny_model))
     prompt = lm.render([{"role": "user", "content": "How many days of annual leave do I get?"}])
@@ -133,7 +133,7 @@ def test_transformers_backend_stops_at_a_stop_string_and_counts_fewer_tokens(tin
 
 def test_transformers_backend_ends_at_the_turn_end_of_the_chat_template(tiny_model, tmp_path):
     """A model whose configs name another end-of-sequence token still ends its answer at <|im_end|>."""
-    from harness.lm_hf import TransformersLM
+    from harness.lm.hf import TransformersLM
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_model, folder)
@@ -151,7 +151,7 @@ def test_transformers_backend_ends_at_the_turn_end_of_the_chat_template(tiny_mod
 
 
 def test_http_backend_sends_stop_strings_and_keeps_one_sentence(tmp_path):
-    from harness.lm_http import HTTPChatLM
+    from harness.lm.http import HTTPChatLM
 
     seen = []
 
@@ -189,7 +189,7 @@ def test_a_run_on_a_short_answer_task_scores_facts_and_records_how_answers_end(t
 def test_forgetting_check_scores_a_generation_control_split_on_its_primary_metric(tiny_model, tmp_path):
     """The task's control split is scored with each example's question and declared facts (fact_recall)."""
     from harness import forgetting
-    from harness.lm_hf import TransformersLM
+    from harness.lm.hf import TransformersLM
 
     folder = _task(tmp_path / "qa", 'stop: ["\\n"]\n')
     rows = [{"id": "c1", "input": "Where do I book leave?", "target": "In Lantern.", "facts": ["Lantern"]},

@@ -6,7 +6,7 @@ from collections import namedtuple
 import pytest
 
 from harness.errors import ConfigError
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.strategy import PrepareContext
 from strategies.full_ft import BYTES_PER_PARAMETER, FullFT
 from strategies.lora import LoRA, cache_folder

@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from harness import scoring, uncertainty
+from harness import scoring
+
+from harness.decision import uncertainty
 from harness.errors import TaskError
 from harness.rules import check_all, load_rules
 from harness.runner import embedding_cosines, score_strategy

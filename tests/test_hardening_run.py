@@ -72,7 +72,7 @@ def test_reports_carry_no_raw_tag_from_task_labels_or_errors(hostile, tmp_path):
     comparison["decision"]["verdict"]["reasons"].append(PAYLOADS[0])
     comparison["model"]["name_or_path"] = PAYLOADS[1]
     (copy / "comparison.json").write_text(json.dumps(comparison))
-    from harness.report import write_reports
+    from harness.report.render import write_reports
 
     paths = write_reports(copy)
     for path in paths.values():

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from harness import datachecks
-from harness.lm_http import HTTPChatLM
+from harness.lm.http import HTTPChatLM
 from harness.results import write_bytes
 from harness.task import load_task
 
@@ -130,7 +130,7 @@ def test_write_bytes_leaves_the_old_file_whole_when_writing_fails(tmp_path):
 def test_a_prompt_near_the_context_length_is_never_batched_with_shorter_ones():
     from types import SimpleNamespace
 
-    from harness.lm_hf import TransformersLM
+    from harness.lm.hf import TransformersLM
 
     lm = SimpleNamespace(batch_size=3, max_length=100)
     batches = list(TransformersLM._batches(lm, [10, 95, 12, 60, 11, 9, 30]))

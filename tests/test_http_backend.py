@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from harness.errors import ConfigError
-from harness.lm_http import BackendError, HTTPChatLM
+from harness.lm.http import BackendError, HTTPChatLM
 
 OK = {"choices": [{"message": {"role": "assistant", "content": " billing "}}],
       "usage": {"prompt_tokens": 11, "completion_tokens": 2}}

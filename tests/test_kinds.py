@@ -12,7 +12,15 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from harness import constrained, cost, datachecks, decide, inference, kinds, scoring, uncertainty
+from harness import datachecks, inference, kinds, scoring
+
+from harness.lm import constrained
+
+from harness.decision import cost
+
+from harness.decision import decide
+
+from harness.decision import uncertainty
 from harness.errors import ConfigError, TaskError
 from harness.kinds.base import Where, mean, no_meta, no_ratio
 from harness.prompts import build_messages, pick_demos, target_text, template_from_config

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness.lm import end_of_answer
-from harness.lm_hf import TransformersLM
-from harness.lora_train import encode_pairs
+from harness.lm.hf import TransformersLM
+from harness.lm.training import encode_pairs
 
 SYSTEM = {"role": "system", "content": "Classify the request."}
 DATA = {"insurance": ["what does my insurance cover", "is dental in the insurance", "insurance for glasses"],

@@ -15,8 +15,8 @@ MODEL = "packaged:smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def backends():
-    from harness.lm_hf import TransformersLM
-    from harness.lm_llamacpp import LlamaCppLM
+    from harness.lm.hf import TransformersLM
+    from harness.lm.llamacpp import LlamaCppLM
 
     lc = LlamaCppLM(MODEL)
     yield TransformersLM(MODEL), lc

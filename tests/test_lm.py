@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from harness.lm import plain_prompt
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.prompts import PromptTemplate, build_messages
 from harness.task import load_task
 from tests.conftest import ROOT

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from harness.errors import ConfigError
-from harness.lm_hf import TransformersLM
-from harness.lora_train import collate, encode_pairs, target_loss
+from harness.lm.hf import TransformersLM
+from harness.lm.training import collate, encode_pairs, target_loss
 from harness.strategy import PrepareContext
 from harness.task import load_task
 from strategies.lora import LoRA, lora_defaults, split_dev
@@ -85,7 +85,7 @@ def test_loss_covers_only_target_tokens(tiny_model):
 def test_shared_prefix_loss_and_gradients_equal_the_plain_path(tiny_model):
     from peft import LoraConfig, get_peft_model
 
-    from harness.lora_train import shared_prefix
+    from harness.lm.training import shared_prefix
 
     lm = TransformersLM(str(tiny_model))
     system = "Route the ticket to billing or refunds. " * 3
@@ -122,7 +122,7 @@ def test_diverging_training_is_stopped_and_no_adapter_is_kept(tiny_model, tmp_pa
     task = _keyword_task(tmp_path / "task")
     lm = TransformersLM(str(tiny_model))
     arm = LoRA(**{**FAST, "learning_rate": 0.5, "alpha": 100000, "epochs": 3})  # a scale that must blow up
-    from harness.lora_train import TrainingDiverged
+    from harness.lm.training import TrainingDiverged
     with pytest.raises(TrainingDiverged):
         arm.prepare(PrepareContext(task, lm, tmp_path / "w", tmp_path / "cache", 0, _no_bars))
     adapters = tmp_path / "cache" / "adapters"
@@ -130,7 +130,7 @@ def test_diverging_training_is_stopped_and_no_adapter_is_kept(tiny_model, tmp_pa
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_the_effective_batch(tiny_model, monkeypatch, tmp_path):
-    import harness.lora_train as lora_train
+    import harness.lm.training as lora_train
 
     real, calls = lora_train.train_lora, []
 

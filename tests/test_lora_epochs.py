@@ -4,7 +4,7 @@
 import pytest
 
 from harness.errors import ConfigError
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from strategies.lora import LoRA, lora_defaults
 
 PAIRS = [(f"ticket {i}: please route", "billing" if i % 2 else "refunds") for i in range(16)]  # 2 steps per epoch

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from harness.curve import write_curve
+from harness.report.curve import write_curve
 from harness.errors import HarnessError, TaskError
 from harness.task import load_task
 from tests.conftest import ROOT

@@ -1,7 +1,7 @@
 """Progress when output is not a terminal: plain lines every ~10% or 30 s, with done/total, rate and ETA."""
 
-from harness import display
-from harness.display import PlainProgress
+from harness.report import display
+from harness.report.display import PlainProgress
 
 
 def test_plain_progress_prints_a_line_per_tenth_and_after_30_seconds():

@@ -4,7 +4,7 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.inference import max_new_tokens_for
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.strategy import PrepareContext
 from harness.task import load_task
 from harness.prompts import pick_demos, target_text

@@ -9,9 +9,13 @@ import re
 import pytest
 from rich.console import Console
 
-from harness import cost, display, report
+from harness.decision import cost
+
+from harness.report import display
+
+from harness.report import render as report
 from harness.records import ArmResult, Comparison, Stat, Training, Usage, replicate_mean, replicate_name
-from harness.rows import arm_rows
+from harness.report.rows import arm_rows
 
 
 def _usage(n: int = 4, per_s: float = 2.0) -> dict:
@@ -168,8 +172,9 @@ def test_only_records_reads_the_replicate_naming_and_the_api_backend_name():
     code = {p.relative_to(ROOT).as_posix(): p.read_text(encoding="utf-8")
             for folder in ("harness", "strategies") for p in (ROOT / folder).rglob("*.py")}
     assert [p for p, text in code.items() if "@seed" in text] == ["harness/records.py"]
-    readers = ("cost", "decide", "choice", "caveats", "verdict", "display", "rows", "report", "plots", "curve",
-               "compare", "sweep", "sweep_report", "record", "rundata", "tracking")
+    readers = [f"decision/{m}" for m in ("cost", "decide", "choice", "caveats", "verdict")] + \
+              [f"report/{m}" for m in ("display", "rows", "render", "plots", "curve", "compare", "sweep")] + \
+              ["sweep", "record", "rundata", "tracking"]
     # they read ArmResult.served_by_api and .fine_tuned: none names a backend or infers tuning from `training`
     assert [r for r in readers if "openai-http" in code[f"harness/{r}.py"]] == []
     assert [r for r in readers if re.search(r"bool\((r\.get\(|arm\.get\(|result\.get\()?[\"']?training|bool\(t\)",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from harness.errors import ConfigError
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.retriever import Passage, Retriever
 from harness.scoring import retrieval_metrics
 from harness.strategy import PrepareContext

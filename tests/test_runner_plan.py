@@ -54,9 +54,9 @@ def test_every_configured_target_builds_a_protocol_class():
 
 
 def test_backends_declare_the_lm_members():
-    from harness.lm_hf import TransformersLM
-    from harness.lm_http import HTTPChatLM
-    from harness.lm_llamacpp import LlamaCppLM
+    from harness.lm.hf import TransformersLM
+    from harness.lm.http import HTTPChatLM
+    from harness.lm.llamacpp import LlamaCppLM
 
     members = set(typing._get_protocol_attrs(LM)) - {"capabilities"}  # capabilities: set per instance
     assert {"train_adapter", "with_adapter", "with_weights", "counters"} <= members
@@ -136,7 +136,7 @@ def test_a_target_outside_the_protocol_is_refused_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("arm_class", ["strategies.prompt_only.PromptOnly", "strategies.lora.LoRA"])
 def test_a_strategy_handed_its_check_result_does_not_check_again(arm_class, tiny_model, tmp_path, monkeypatch):
-    from harness.lm_hf import TransformersLM
+    from harness.lm.hf import TransformersLM
     from harness.strategy import PrepareContext
     from harness.task import load_task
 

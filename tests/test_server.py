@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from harness.lm_http import BackendError, HTTPChatLM
-from harness.llama_server import LlamaServer, free_port
+from harness.lm.http import BackendError, HTTPChatLM
+from harness.lm.server import LlamaServer, free_port
 from tests.conftest import ROOT, run_harness
 
 pytestmark = pytest.mark.server

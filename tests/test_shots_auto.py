@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import ConfigError
-from harness.lm_hf import TransformersLM
+from harness.lm.hf import TransformersLM
 from harness.strategy import PrepareContext
 from harness.task import load_task
 from strategies.prompt_only import PromptOnly

@@ -112,7 +112,7 @@ def test_sweep_over_train_sizes_and_seeds_reads_one_curve_per_seed(tmp_path):
 def test_launcher_configs_compose(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from harness import cli  # noqa: F401  (registers the config's resolvers)
+    from harness import cli
 
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         for choice, target in (("joblib", "JoblibLauncher"), ("submitit_local", "LocalLauncher"),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import report
+from harness.report import render as report
 from tests.conftest import ROOT
 
 COST = {"example": False, "currency": "USD", "volume_per_month": 100_000, "horizon_months": 12,

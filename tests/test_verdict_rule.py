@@ -9,7 +9,15 @@ import math
 import numpy as np
 import pytest
 
-from harness import choice, cost, decide, scoring, stats
+from harness import scoring
+
+from harness.decision import choice
+
+from harness.decision import cost
+
+from harness.decision import decide
+
+from harness.decision import stats
 
 LABELS = ["a", "b"]
 COST = {"example": False, "currency": "USD", "volume_per_month": 100_000, "horizon_months": 12,

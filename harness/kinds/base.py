@@ -66,7 +66,7 @@ class TaskKind(Protocol):
         ...
 
     def constraint(self, task: Any, mode: str, insist: bool, field: str) -> Any:
-        """The harness.constrained.Constraint an answer can be held to in this decode mode, or None; `insist`
+        """The harness.lm.constrained.Constraint an answer can be held to in this decode mode, or None; `insist`
         (constrained: true) raises a ConfigError naming `field` when there is none."""
         ...
 

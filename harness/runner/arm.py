@@ -9,7 +9,9 @@ import traceback
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from harness import datachecks, display, scoring
+from harness import datachecks, scoring
+
+from harness.report import display
 from harness.errors import HarnessError
 from harness.records import ArmResult, Training, Usage
 from harness.results import PredictionLog, write_json

@@ -9,7 +9,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from rich.markup import escape
 
-from harness import datachecks, display, forgetting, judge
+from harness import datachecks, forgetting, judge
+
+from harness.report import display
 from harness.records import ArmResult
 from harness.results import read_json, write_json
 from harness.task import Task

@@ -15,7 +15,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
-from harness import cost, decide, display, kinds, rundata
+from harness import kinds, rundata
+
+from harness.decision import cost
+
+from harness.decision import decide
+
+from harness.report import display
 from harness.errors import ConfigError, HarnessError
 from harness.records import replicate_name
 from harness.results import read_json

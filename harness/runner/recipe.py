@@ -11,7 +11,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness import display, provenance, report, rundata, tracking
+from harness import provenance, rundata, tracking
+
+from harness.report import display
+
+from harness.report import render as report
 from harness.errors import HarnessError
 from harness.records import ArmResult, Comparison, replicate_mean
 from harness.results import write_json

@@ -7,7 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness import scoring, stats, uncertainty
+from harness import scoring
+
+from harness.decision import stats
+
+from harness.decision import uncertainty
 from harness.errors import HarnessError
 from harness.records import Comparison
 from harness.results import read_json

@@ -11,11 +11,13 @@ from typing import Any, Mapping
 
 from jinja2 import Environment, FileSystemLoader
 
-from harness import kinds, plots
+from harness import kinds
+
+from harness.report import plots
 from harness.records import Comparison
 from harness.results import read_json, write_bytes, write_text
-from harness.rows import arm_rows
-from harness.verdict import fmt, headline, money
+from harness.report.rows import arm_rows
+from harness.decision.verdict import fmt, headline, money
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

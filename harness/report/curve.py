@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from harness import plots
-from harness.display import cell
+from harness.report import plots
+from harness.report.display import cell
 from harness.errors import HarnessError
 from harness.records import Comparison
 from harness.results import read_json, write_json
-from harness.verdict import find_pair
+from harness.decision.verdict import find_pair
 
 TRAIN, PER_CLASS = "training examples", "examples per class"  # the x-axis: limit.train or limit.per_class
 

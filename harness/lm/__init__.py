@@ -1,7 +1,7 @@
 """The one model interface every strategy uses. Backends sit behind it, chosen by the model config's `_target_`
-(conf/model/): transformers (harness/lm_hf.py: training, label scoring, any Hugging Face id), llama.cpp in-process
-(harness/lm_llamacpp.py: fast CPU generation for GGUF files) and an OpenAI-compatible HTTP client
-(harness/lm_http.py: APIs, vLLM, llama.cpp's server). A strategy never loads a model itself and never knows which
+(conf/model/): transformers (harness/lm/hf.py: training, label scoring, any Hugging Face id), llama.cpp in-process
+(harness/lm/llamacpp.py: fast CPU generation for GGUF files) and an OpenAI-compatible HTTP client
+(harness/lm/http.py: APIs, vLLM, llama.cpp's server). A strategy never loads a model itself and never knows which
 backend it has; it asks `capabilities` and the backend refuses what it cannot do before any work."""
 
 from __future__ import annotations
@@ -146,12 +146,12 @@ class LM(Protocol):
                  max_sentences: int | None = None, constraint=None) -> list[Generation]:
         """Greedy continuation of each prompt, ended at the end of the model's turn, a stop string or after
         `max_sentences` sentences (see `cut_answer`); `output_tokens` counts the tokens generated. A backend whose
-        `prepare_constraint` compiled a `constraint` (harness.constrained) takes it here: the answer then follows its
+        `prepare_constraint` compiled a `constraint` (harness.lm.constrained) takes it here: the answer then follows its
         grammar."""
         ...
 
     def prepare_constraint(self, constraint: Any, arm: str) -> dict | None:
-        """Compile a constraint (harness.constrained) for generate(constraint=…): the report for prepare.json
+        """Compile a constraint (harness.lm.constrained) for generate(constraint=…): the report for prepare.json
         (`on`: whether generation will follow it); None: this backend cannot constrain decoding."""
         return None
 

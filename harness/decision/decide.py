@@ -3,7 +3,7 @@
 decide(evidence, cost, settings) → intervals for every metric of every arm, Holm-corrected paired tests on the
 primary metric, each arm against the best (non-inferiority and equivalence within ±margin), the held-out set's
 detectable difference, costs (wrong answers priced when error costs are set) and break-even, the forgetting check,
-the decision map and the verdict. The rule is `harness.choice` (README, "How the verdict is reached").
+the decision map and the verdict. The rule is `harness.decision.choice` (README, "How the verdict is reached").
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from harness import choice as rule
-from harness import cost as costs
-from harness import stats, uncertainty
+from harness.decision import choice as rule
+from harness.decision import cost as costs
+from harness.decision import stats
+from harness.decision import uncertainty
 from harness.records import ArmResult
-from harness.verdict import find_pair, write_verdict
+from harness.decision.verdict import find_pair, write_verdict
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def _nothing(summary: str, **extra) -> dict:
 
 def against_best(ev: Evidence, samples: Mapping, tests: Sequence[Mapping], names: Sequence[str], best: str, n: int,
                  s: Settings) -> dict[str, dict]:
-    """Every other arm against the best on the primary metric (`harness.choice.relation`), with its Holm p."""
+    """Every other arm against the best on the primary metric (`harness.decision.choice.relation`), with its Holm p."""
     out = {}
     for a in names:
         if a == best:

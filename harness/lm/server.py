@@ -1,7 +1,7 @@
 """Start and stop llama-cpp-python's OpenAI-compatible server on a GGUF model, on 127.0.0.1 and a free port.
 
 Used by the `server` tests and bench/backends.py; also handy by hand:
-    python -m harness.llama_server [packaged:smollm2-135m-instruct|FILE.gguf] [--port 8000]   # Ctrl-C stops it
+    python -m harness.lm.server [packaged:smollm2-135m-instruct|FILE.gguf] [--port 8000]   # Ctrl-C stops it
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.lm_llamacpp import gguf_file
+from harness.lm.llamacpp import gguf_file
 
 
 def free_port() -> int:
@@ -90,7 +90,7 @@ class LlamaServer:
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m harness.llama_server",
+    parser = argparse.ArgumentParser(prog="python -m harness.lm.server",
                                      description="Serve a GGUF model with llama.cpp's OpenAI-compatible server.")
     parser.add_argument("model", nargs="?", default="packaged:smollm2-135m-instruct",
                         help="packaged:NAME or a .gguf path (default: the packaged SmolLM2-135M-Instruct)")

@@ -17,8 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from harness import cost as costs
-from harness import stats
+from harness.decision import cost as costs
+from harness.decision import stats
 from harness.records import ArmResult
 
 QUALIFY = ("better", "equivalent", "non_inferior")

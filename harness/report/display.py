@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from harness.records import Comparison
-from harness.rows import arm_rows
-from harness.verdict import fmt, money
+from harness.report.rows import arm_rows
+from harness.decision.verdict import fmt, money
 
 console = Console()
 if not console.is_terminal:  # logs and CI: wide enough that the comparison table is not squeezed

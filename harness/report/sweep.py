@@ -12,10 +12,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from harness import plots, sweep
-from harness.display import cell
+from harness import sweep
+
+from harness.report import plots
+from harness.report.display import cell
 from harness.results import write_json
-from harness.verdict import fmt
+from harness.decision.verdict import fmt
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 

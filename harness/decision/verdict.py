@@ -1,12 +1,12 @@
 """The verdict in words: choice, status (decided / undecided), whether fine-tuning is justified (true, false, or
 null when this run cannot tell), a plain summary that leads with an open comparison, reasons and caveats.
-Pure: it only formats what harness.decide and harness.choice computed."""
+Pure: it only formats what harness.decision.decide and harness.decision.choice computed."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from harness.caveats import caveats
+from harness.decision.caveats import caveats
 
 
 def money(value: float | None, currency: str) -> str:

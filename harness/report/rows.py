@@ -1,5 +1,5 @@
 """The rows of a run's comparison table, built once from the typed records and the recorded decision: the terminal
-table (harness.display) and the report (harness.report) format the same rows, each in its own width. Pure."""
+table (harness.report.display) and the report (harness.report.render) format the same rows, each in its own width. Pure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from harness.records import ArmResult, Comparison
-from harness.verdict import model_label, money
+from harness.decision.verdict import model_label, money
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(str(out))
 
 
-if __name__ == "__main__":  # `python -m harness.packaged NAME`: convert once (the set-up step)
+if __name__ == "__main__":  # `python -m harness.lm.packaged NAME`: convert once (the set-up step)
     import sys
 
     cache = Path(__import__("os").environ.get("HARNESS_CACHE", "~/.cache/harness")).expanduser()
