@@ -16,7 +16,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from harness import runlock
-
 from harness.report import display
 from harness.errors import ConfigError, HarnessError
 from harness.results import write_json

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.decision import stats
-
 from harness.decision import uncertainty
 from harness.scoring import aggregate
 from harness.errors import HarnessError

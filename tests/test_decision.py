@@ -8,13 +8,9 @@ import numpy as np
 import pytest
 
 from harness import scoring
-
 from harness.decision import cost
-
 from harness.decision import decide
-
 from harness.decision import stats
-
 from harness.decision import uncertainty
 from harness.kinds import classification
 from harness.errors import ConfigError

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from harness import scoring
-
 from harness.decision import uncertainty
 from harness.errors import TaskError
 from harness.rules import check_all, load_rules

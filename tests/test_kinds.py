@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 
 from harness import datachecks, inference, kinds, scoring
-
 from harness.lm import constrained
-
 from harness.decision import cost
-
 from harness.decision import decide
-
 from harness.decision import uncertainty
 from harness.errors import ConfigError, TaskError
 from harness.kinds.base import Where, mean, no_meta, no_ratio

@@ -10,9 +10,7 @@ import pytest
 from rich.console import Console
 
 from harness.decision import cost
-
 from harness.report import display
-
 from harness.report import render as report
 from harness.records import ArmResult, Comparison, Stat, Training, Usage, replicate_mean, replicate_name
 from harness.report.rows import arm_rows

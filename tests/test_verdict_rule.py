@@ -10,13 +10,9 @@ import numpy as np
 import pytest
 
 from harness import scoring
-
 from harness.decision import choice
-
 from harness.decision import cost
-
 from harness.decision import decide
-
 from harness.decision import stats
 
 LABELS = ["a", "b"]

@@ -17,7 +17,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Logi
 from transformers.utils import logging as hf_logging
 
 from harness.lm import constrained
-
 from harness.lm import packaged
 from harness.errors import ConfigError
 from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation,

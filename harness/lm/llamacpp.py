@@ -18,7 +18,6 @@ from typing import Sequence
 import numpy as np
 
 from harness.lm import constrained
-
 from harness.lm import packaged
 from harness.errors import ConfigError
 from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation,

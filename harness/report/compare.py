@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness import scoring
-
 from harness.decision import stats
-
 from harness.decision import uncertainty
 from harness.errors import HarnessError
 from harness.records import Comparison

@@ -12,7 +12,6 @@ from typing import Any, Mapping
 from jinja2 import Environment, FileSystemLoader
 
 from harness import kinds
-
 from harness.report import plots
 from harness.records import Comparison
 from harness.results import read_json, write_bytes, write_text

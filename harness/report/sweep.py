@@ -13,7 +13,6 @@ from rich.table import Table
 from rich.text import Text
 
 from harness import sweep
-
 from harness.report import plots
 from harness.report.display import cell
 from harness.results import write_json

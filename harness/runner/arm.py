@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from harness import datachecks, scoring
-
 from harness.report import display
 from harness.errors import HarnessError
 from harness.records import ArmResult, Training, Usage

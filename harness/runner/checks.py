@@ -10,7 +10,6 @@ from omegaconf import OmegaConf
 from rich.markup import escape
 
 from harness import datachecks, forgetting, judge
-
 from harness.report import display
 from harness.records import ArmResult
 from harness.results import read_json, write_json

@@ -16,11 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
 from harness import kinds, rundata
-
 from harness.decision import cost
-
 from harness.decision import decide
-
 from harness.report import display
 from harness.errors import ConfigError, HarnessError
 from harness.records import replicate_name

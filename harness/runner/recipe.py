@@ -12,9 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness import provenance, rundata, tracking
-
 from harness.report import display
-
 from harness.report import render as report
 from harness.errors import HarnessError
 from harness.records import ArmResult, Comparison, replicate_mean
