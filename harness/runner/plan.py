@@ -143,6 +143,7 @@ class Plan:
     arms: dict[str, ArmPlan] = field(default_factory=dict)
     replicates: dict[str, dict[str, int]] = field(default_factory=dict)  # arm → {replicate name: seed}
     judge_lm: Any = None
+    model_source: str = "config"  # or "task.yaml": the recipe named the run's model (`model_from_task`)
 
     @property
     def model(self) -> dict:
@@ -172,15 +173,42 @@ def build_plan(cfg: DictConfig, run_dir: Path) -> Plan:
     display.status(f"task {escape(task.name)}: {task.type}, train {len(task.train)}, "
                    f"held-out {len(task.heldout)}")
     models = Models(Path(str(cfg.cache_dir)).expanduser(), (cfg.get("checks") or {}).get("retriever"))
-    lm = models.lm(cfg.model, None) if uses_run_model(cfg, names) else None  # LLM-free arms only: not loaded
+    model_node, source = run_model(cfg, task)
+    lm = models.lm(model_node, None) if uses_run_model(cfg, names) else None  # LLM-free arms only: not loaded
     plan = Plan(cfg=cfg, run_dir=Path(run_dir), seed=seed, chunk=chunk, task=task, names=names, models=models,
-                lm=lm, cost=costs, decision=decision)
+                lm=lm, cost=costs, decision=decision, model_source=source)
     for arm_name, base, node, extra, model_node in expand(cfg, names):
         plan.arms[arm_name] = _arm(plan, arm_name, node, extra, model_node)
         if extra:
             plan.replicates.setdefault(base, {})[arm_name] = extra["seed"]
     plan.judge_lm = judge_model(cfg, task, lm, models)
     return plan
+
+
+def run_model(cfg: DictConfig, task: Task) -> tuple[DictConfig, str]:
+    """The run's model config and where it came from: the recipe's `model:` (task.yaml) over the configured model
+    when `model_from_task` is true, or auto (the default) and the command line names no model; else the config's."""
+    wanted = cfg.get("model_from_task", "auto")
+    if wanted not in ("auto", True, False):
+        raise ConfigError(f"must be auto, true or false, got {wanted!r}", field="model_from_task")
+    if not task.model or wanted is False or (wanted == "auto" and model_on_command_line()):
+        return cfg.model, "config"
+    display.status(f"model {escape(str(task.model['name_or_path']))}: named by task.yaml of {escape(task.name)} "
+                   f"(model.name_or_path=… or model_from_task=false runs another)")
+    return OmegaConf.merge(cfg.model, dict(task.model)), "task.yaml"
+
+
+def model_on_command_line() -> bool:
+    """Whether this Hydra run's command line sets the run's model (`model=…`, `model.…=…`; not a judge's
+    `+model@judge.model=…`). Outside Hydra (the Python API) nothing was typed: False."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return False
+    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return any((o.key_or_group == "model" and not o.package) or o.key_or_group.startswith("model.")
+               for o in overrides)
 
 
 def _arm(plan: Plan, name: str, node: DictConfig, extra: dict, model_node: DictConfig | None) -> ArmPlan:

@@ -63,7 +63,7 @@ def run_record(plan: Plan) -> dict:
     limits = {"train": len(task.train), "heldout": len(task.heldout), **({"per_class": int(per)} if per else {})}
     return {**provenance.collect(CODE_DIR), "task": task.name, "task_dir": str(task.directory.resolve()),
             "data_hashes": dict(task.data_hashes), "seed": plan.seed, "strategies": plan.names,
-            "limits": limits, "model": plan.model,
+            "limits": limits, "model": plan.model, "model_source": plan.model_source,
             "inputs_cut": {"limit_chars": task.max_input_chars, "ids": list(task.cut_inputs)},
             "ids_in_train_and_heldout": list(task.shared_ids),
             "config": OmegaConf.to_container(cfg, resolve=True)}
