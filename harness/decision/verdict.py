@@ -96,15 +96,7 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
     else:
         parts.append(_decided(choice, best, best_plain, selectable_tuned, relations, breakeven, show, monthly,
                               versus, primary, _volume(volume), s.margin))
-    for arm in names:
-        if failures[arm].get("broken") and score[arm] >= score[choice]:
-            parts.append(f"{arm} scored {score[arm]:.3f} but failed on {failures[arm]['rate']:.1%} of its held-out "
-                         f"examples (more than {s.max_failure_rate:.0%}), so it cannot be chosen.")
-    if cost_cfg.prices_errors:
-        parts.append(f"Monthly totals count wrong answers at {money(cost_cfg.error_cost, cur)} each"
-                     + (f" and {money(cost_cfg.review_cost, cur)} per output failing a rule" if cost_cfg.review_cost
-                        else "") + ".")
-
+    parts += _closing(names=names, failures=failures, score=score, choice=choice, s=s, cost_cfg=cost_cfg)
     reasons = _reasons(primary=primary, cur=cur, volume=volume, s=s, names=names, best=best, eligible=eligible,
                        choice=choice, relations=relations, failures=failures, priced=priced, odds=odds,
                        breakeven=breakeven, reference=reference, show=show, monthly=monthly, versus=versus,
@@ -116,6 +108,21 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
     return {"choice": choice, "fine_tuning_justified": justified, "status": "undecided" if still_open else "decided",
             "n_needed": opened["n_needed"] if opened else None, "open": opened, "summary": " ".join(parts),
             "reasons": reasons, "caveats": notes}
+
+
+def _closing(*, names, failures, score, choice, s, cost_cfg) -> list[str]:
+    """The summary's last sentences: arms that scored as well as the choice but are broken, and what the monthly
+    totals count besides serving."""
+    parts, cur = [], cost_cfg.currency
+    for arm in names:
+        if failures[arm].get("broken") and score[arm] >= score[choice]:
+            parts.append(f"{arm} scored {score[arm]:.3f} but failed on {failures[arm]['rate']:.1%} of its held-out "
+                         f"examples (more than {s.max_failure_rate:.0%}), so it cannot be chosen.")
+    if cost_cfg.prices_errors:
+        parts.append(f"Monthly totals count wrong answers at {money(cost_cfg.error_cost, cur)} each"
+                     + (f" and {money(cost_cfg.review_cost, cur)} per output failing a rule" if cost_cfg.review_cost
+                        else "") + ".")
+    return parts
 
 
 def _reasons(*, primary, cur, volume, s, names, best, eligible, choice, relations, failures, priced, odds, breakeven,

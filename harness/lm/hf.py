@@ -1,26 +1,25 @@
 """Transformers backend of the model interface: any Hugging Face id or folder, or a packaged offline model.
 
 Label scoring runs each prompt once and scores every label continuation from its KV cache; a token prefix that
-all prompts share (instruction and demonstrations) is computed once for the whole call.
+all prompts share (instruction and demonstrations) is computed once for the whole call (harness.lm.hf_scoring).
+Batched generation and constrained decoding live in harness.lm.hf_generation, LoRA training in harness.lm.training.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, LogitsProcessor
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from harness.lm import constrained
-from harness.lm import packaged
 from harness.errors import ConfigError
 from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, TRAIN, ChoiceScores, Generation,
-                        answer_done, common_prefix, cut_answer, cut_middle, end_of_answer, plain_prompt)
+                        common_prefix, constrained, cut_middle, end_of_answer, hf_generation, hf_scoring, packaged,
+                        plain_prompt)
 
 
 def pick_device(device: str) -> torch.device:
@@ -39,37 +38,6 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
                 "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
         raise ConfigError(f"unknown dtype {dtype!r} (auto, float32, bfloat16, float16)", field="model.dtype") from None
-
-
-class GrammarMask(LogitsProcessor):
-    """xgrammar's token mask for each row of a generate() batch: a row's logits keep only what its grammar allows
-    next. A row that has ended (end of turn, stop string) is left unmasked: generate() pads it anyway."""
-
-    def __init__(self, compiled, rows: int, start: int, vocab_size: int):
-        import xgrammar as xgr
-
-        self.xgr, self.start = xgr, start
-        self.matchers = [xgr.GrammarMatcher(compiled) for _ in range(rows)]
-        self.left = [False] * rows
-        self.bitmask = xgr.allocate_token_bitmask(rows, vocab_size)
-        self.seconds = [0.0] * rows
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        fed = input_ids.shape[1] > self.start
-        for row, matcher in enumerate(self.matchers):
-            t0 = time.perf_counter()
-            if fed and not self.left[row]:
-                self.left[row] = matcher.is_terminated() or not matcher.accept_token(int(input_ids[row, -1]))
-            if self.left[row] or matcher.is_terminated():
-                self.bitmask[row].fill_(-1)  # every token allowed
-            else:
-                matcher.fill_next_token_bitmask(self.bitmask, row)
-            self.seconds[row] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self.xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
-        share = (time.perf_counter() - t0) / len(self.matchers)
-        self.seconds = [s + share for s in self.seconds]
-        return scores
 
 
 class TransformersLM(LM):
@@ -217,13 +185,6 @@ class TransformersLM(LM):
                 "parameters": sum(p.numel() for p in self.model.parameters())}
 
     # ---- forward helpers ----------------------------------------------------------------------------------
-    def _cache(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
-
-    @staticmethod
-    def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(layer.keys, layer.values) for layer in cache.layers]
-
     def _batches(self, lengths: list[int]):
         """Indices grouped by length (longest first) so batches carry little padding. A prompt longer than half the
         context runs alone: padding shorter prompts up to it cost gigabytes (attention masks grow with its square)."""
@@ -239,87 +200,10 @@ class TransformersLM(LM):
             return 0
         return common_prefix(encoded, min(len(e) for e in encoded) - 1)  # every prompt keeps ≥ 1 own token
 
-    def _prefix_layers(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        inp = torch.tensor([ids], device=self.device)
-        out = self.model(input_ids=inp, use_cache=True, logits_to_keep=1)
-        return self._layers(out.cache)
-
-    def _additive(self, mask: torch.Tensor) -> torch.Tensor:
-        """Eager attention takes an additive float mask; sdpa takes the boolean one as it is."""
-        if self.model.config._attn_implementation != "eager":
-            return mask
-        return torch.zeros(mask.shape, dtype=self.model.dtype, device=mask.device).masked_fill(
-            ~mask, torch.finfo(self.model.dtype).min)
-
-    def _score_batch(self, suffixes: list[list[int]], prefix, shared: int, choice_ids: list[list[int]]):
-        """One forward pass for a batch: each row holds its left-padded prompt suffix followed by the tokens 1..n-1
-        of every choice. A 4D mask lets each choice see the prompt and its own earlier tokens only, so all choices
-        are scored from one pass without copying the KV cache; logits are computed only where they are read."""
-        dev, b = self.device, len(suffixes)
-        width = max(len(s) for s in suffixes)
-        conts = [c[:-1] for c in choice_ids]               # tokens fed for choice j (the last one is only predicted)
-        offsets, m = [], 0
-        for c in conts:
-            offsets.append(m)
-            m += len(c)
-        pad = self.tokenizer.pad_token_id
-        flat = [t for c in conts for t in c]
-        ids = torch.tensor([[pad] * (width - len(s)) + s + flat for s in suffixes], device=dev)
-        own = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in suffixes], dtype=torch.bool, device=dev)
-        q = width + m
-        # which continuation block (choice) each continuation slot belongs to, and its index inside the block
-        block = torch.tensor([j for j, c in enumerate(conts) for _ in c], dtype=torch.long, device=dev)
-        step = torch.tensor([t for c in conts for t in range(len(c))], dtype=torch.long, device=dev)
-        mask = torch.zeros(b, q, shared + q, dtype=torch.bool, device=dev)
-        mask[:, :, :shared] = True
-        causal = torch.tril(torch.ones(width, width, dtype=torch.bool, device=dev))
-        mask[:, :width, shared:shared + width] = causal & own[:, None, :]
-        mask[:, :width, shared:shared + width] |= torch.eye(width, dtype=torch.bool, device=dev)  # no empty rows
-        if m:
-            mask[:, width:, shared:shared + width] = own[:, None, :]
-            same = (block[:, None] == block[None, :]) & (step[None, :] <= step[:, None])
-            mask[:, width:, shared + width:] = same
-        lengths = own.sum(-1)
-        position = torch.cat([shared + (own.long().cumsum(-1) - 1).clamp(min=0),
-                              (shared + lengths)[:, None] + step[None, :]], dim=1)
-        attn = self._additive(mask[:, None])
-        if self.sliding_window:  # e.g. Gemma 3: its local layers see only the last `sliding_window` positions
-            keys = torch.cat([torch.arange(shared, device=dev).expand(b, -1), position], dim=1)
-            local = mask & (position[:, :, None] - keys[:, None, :] < self.sliding_window)
-            attn = {"full_attention": attn, "sliding_attention": self._additive(local[:, None])}
-        kwargs = {}
-        if prefix is not None:
-            kwargs["cache"] = self._cache([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix])
-        keep = torch.arange(width - 1, q, device=dev)        # last prompt token + every continuation slot
-        logits = self.model(input_ids=ids, attention_mask=attn, position_ids=position, logits_to_keep=keep,
-                            use_cache=prefix is not None, **kwargs).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)      # [b, 1 + m, vocab]
-        scores = logp[:, 0, [c[0] for c in choice_ids]].clone()
-        for j, c in enumerate(choice_ids):
-            for t in range(1, len(c)):
-                scores[:, j] += logp[:, 1 + offsets[j] + t - 1, c[t]]
-        return scores
-
     # ---- label scoring ------------------------------------------------------------------------------------
     @torch.inference_mode()
     def score_choices(self, prompts: Sequence[str], choices: Sequence[str]) -> list[ChoiceScores]:
-        if any(not self.tokenizer(self.separator + c, add_special_tokens=False).input_ids for c in choices):
-            raise ConfigError("a label tokenizes to nothing; give it a readable label_text", field="labels")
-        choice_ids = [self.answer_ids(c) for c in choices]
-        extra = sum(len(c) - 1 for c in choice_ids)
-        encoded = [self.encode(p, reserve=max(len(c) for c in choice_ids)) for p in prompts]
-        ids = [e[0] for e in encoded]
-        shared = 0 if self.sliding_window else self._shared_prefix(ids)  # a sliding cache would drop the prefix
-        prefix = self._prefix_layers(ids[0][:shared]) if shared else None
-        results: list[ChoiceScores | None] = [None] * len(prompts)
-        for batch in self._batches([len(i) for i in ids]):
-            start = time.perf_counter()
-            scores = self._score_batch([ids[i][shared:] for i in batch], prefix, shared, choice_ids)
-            share = (time.perf_counter() - start) / len(batch)
-            for row, i in enumerate(batch):
-                results[i] = ChoiceScores(scores[row].tolist(), len(ids[i]), extra + len(choice_ids), share,
-                                          encoded[i][1])
-        return results  # type: ignore[return-value]
+        return hf_scoring.score_choices(self, prompts, choices)
 
     # ---- generation ---------------------------------------------------------------------------------------
     def _turn_end_ids(self) -> set[int]:
@@ -338,19 +222,6 @@ class TransformersLM(LM):
         special = set(self.tokenizer.all_special_ids) | {
             i for i, t in getattr(self.tokenizer, "added_tokens_decoder", {}).items() if t.special}
         return {ids[0]} if ids and ids[0] in special else set()
-
-    def _ender(self, start: int, stop: Sequence[str], max_sentences: int | None):
-        """A stopping criterion that ends each row once its answer has ended (stop string, sentence limit)."""
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        tokenizer = self.tokenizer
-
-        class AnswerEnded(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                texts = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
-                return torch.tensor([answer_done(t, stop, max_sentences) for t in texts], dtype=torch.bool,
-                                    device=input_ids.device)
-        return StoppingCriteriaList([AnswerEnded()])
 
     # ---- constrained decoding ---------------------------------------------------------------------------
     def prepare_constraint(self, constraint, arm: str) -> dict:
@@ -377,30 +248,4 @@ class TransformersLM(LM):
                  max_sentences: int | None = None, constraint=None) -> list[Generation]:
         """`constraint` (harness.lm.constrained, prepared with `prepare_constraint`): only tokens its grammar allows,
         then only the end of turn; each Generation's `grammar_s` is its share of the mask time."""
-        grammar = self._grammars[constraint.key()][0] if constraint is not None else None
-        encoded = [self.encode(p, reserve=max_new_tokens) for p in prompts]
-        results: list[Generation | None] = [None] * len(prompts)
-        pad = self.tokenizer.pad_token_id
-        ended = {*self.eos_ids, pad}  # a row that has ended is filled with padding
-        for batch in self._batches([len(e[0]) for e in encoded]):
-            start = time.perf_counter()
-            seqs = [encoded[i][0] for i in batch]
-            width = max(len(s) for s in seqs)
-            ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
-            ender = self._ender(width, stop, max_sentences) if stop or max_sentences else None
-            masker = GrammarMask(grammar, len(batch), width, self.model.config.vocab_size) if grammar else None
-            out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                                      do_sample=False, eos_token_id=self.eos_ids or None, pad_token_id=pad,
-                                      stopping_criteria=ender, logits_processor=[masker] if masker else None)
-            share = (time.perf_counter() - start) / len(batch)
-            for row, i in enumerate(batch):
-                new = out[row, width:].tolist()
-                cut = next((k for k, t in enumerate(new) if t in ended), len(new))  # tokens generated
-                text = self.tokenizer.decode(new[:cut], skip_special_tokens=True)
-                results[i] = Generation(cut_answer(text, stop, max_sentences), len(seqs[row]), cut, share,
-                                        encoded[i][1])
-                if masker:  # an answer still open at max_new_tokens can break its grammar (unclosed JSON)
-                    results[i].grammar_s = masker.seconds[row]
-                    results[i].grammar_unfinished = cut >= max_new_tokens
-        return results  # type: ignore[return-value]
+        return hf_generation.generate(self, prompts, max_new_tokens, stop, max_sentences, constraint)
