@@ -38,16 +38,19 @@ Usage: python bench/lora_train.py [--task support_triage|snips] [--train 160] [-
 # - Packing is what is left. SFTTrainer with packing=True bins the examples into rows of up to max_length tokens
 #   (best-fit decreasing: trl/data_utils.py:730, called at sft_trainer.py:1466-1480), and
 #   per_device_train_batch_size then counts rows, not examples (the collator flattens a batch's rows into one
-#   padding-free row, sft_trainer.py:190). support_triage's examples average ~144 tokens: a 512-token row holds
-#   ~3.5 and a "batch of 8" ~28 examples (snips, ~96 tokens: ~40; twice that at SFTConfig's default max_length,
-#   1024). TRL thus takes ~3.5x fewer optimizer steps per epoch, each on ~3.5x more target tokens, at the same
-#   peak rate (2e-3) with warm-up and decay over those fewer steps; ours and HF take ceil(n / 8) steps of 8
-#   examples (training.py:267). That fewer, larger steps end the epoch lower suggests the batch-8 runs are
-#   noise-limited at this rate: an inference, which ours or HF at batch_size ~28 (or TRL unpacked) would check.
+#   padding-free row, sft_trainer.py:190). With the defaults here (160 train, batch 8, max_length 512) BFD makes 49
+#   rows of support_triage's ~142-token examples: 7 optimizer steps per epoch of ~23 examples, against 20 steps of
+#   8 for ours and HF (training.py:267); snips (~95 tokens): 33 rows, 5 steps of 32; at SFTConfig's default
+#   max_length of 1024: 3 and 2 steps per epoch. Same peak rate (2e-3), each step on ~3-4x more target tokens,
+#   warm-up and decay spread over the fewer steps. That fewer, larger steps end the epoch lower suggests the
+#   batch-8 runs are noise-limited at this rate: an inference, which ours or HF at batch_size ~23 (or TRL
+#   unpacked) would check; at smoke sizes (16 examples, one TRL step per epoch) the order is the other way.
 #   The script prints optimizer steps per epoch and examples per step of each engine.
 # - Not a masking error: padding-free rows without FlashAttention get a block-diagonal causal mask from the
 #   position ids (transformers/masking_utils.py:865-870; no cache, as sft_trainer.py:1564 sets use_cache=False),
-#   so packed examples do not see each other; TRL's fused LM head (sft_trainer.py:1144) gives the same log-probs.
+#   so packed examples do not see each other (checked: the second of two packed sequences gets the logits it gets
+#   alone to 6e-5 with sdpa, 21.5 apart without position ids); the fused LM head (sft_trainer.py:1144) computes
+#   the same log-probabilities as full logits.
 
 from __future__ import annotations
 
@@ -168,7 +171,8 @@ def trainer_args(cls, cfg: dict, out: str, bf16: bool, **extra):
     """The Trainer settings hf and trl share (those of ours, from lora.yaml)."""
     return cls(output_dir=out, per_device_train_batch_size=cfg["batch_size"], num_train_epochs=cfg["epochs"],
                learning_rate=cfg["learning_rate"], lr_scheduler_type="linear", weight_decay=cfg["weight_decay"],
-               max_grad_norm=cfg["max_grad_norm"], bf16=bf16, use_cpu=True, seed=0, report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True, **extra)
+               max_grad_norm=cfg["max_grad_norm"], bf16=bf16, use_cpu=True, seed=0, report_to=[], save_strategy="no",
+               logging_strategy="no", disable_tqdm=True, **extra)
 
 
 def lora_config(cfg: dict):
