@@ -46,9 +46,9 @@ def test_a_bad_model_key_is_one_line_naming_it(task_dir, value):
 
 
 def test_the_recipes_model_replaces_the_default_unless_the_command_line_names_one(task_dir):
-    task = _with_model(task_dir, "{name_or_path: recipe/model, batch_size: 2}")
+    task = _with_model(task_dir, "{name_or_path: recipe/model, batch_size: 2, revision: main}")
     node, source = run_model(_hydra_cfg("task=tiny"), task)
-    assert (node.name_or_path, node.batch_size, source) == ("recipe/model", 2, "task.yaml")
+    assert (node.name_or_path, node.batch_size, node.revision, source) == ("recipe/model", 2, "main", "task.yaml")
     assert node._target_ == "harness.lm.hf.TransformersLM"  # the configured backend's other keys are kept
     for chosen in (["model.name_or_path=my/model"], ["model=hf", "model.name_or_path=my/model"]):
         node, source = run_model(_hydra_cfg("task=tiny", *chosen), task)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.markup import escape
 
 from harness import kinds, rundata
@@ -195,7 +195,8 @@ def run_model(cfg: DictConfig, task: Task) -> tuple[DictConfig, str]:
         return cfg.model, "config"
     display.status(f"model {escape(str(task.model['name_or_path']))}: named by task.yaml of {escape(task.name)} "
                    f"(model.name_or_path=… or model_from_task=false runs another)")
-    return OmegaConf.merge(cfg.model, dict(task.model)), "task.yaml"
+    with open_dict(cfg.model):  # the recipe may set keys the configured model leaves out (e.g. revision)
+        return OmegaConf.merge(cfg.model, dict(task.model)), "task.yaml"
 
 
 def model_on_command_line() -> bool:
