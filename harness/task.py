@@ -23,6 +23,7 @@ from harness.sampling import SAMPLING, cut_input, per_class, subset
 from harness.taskdata import find_split_file, freeze, judge, labels_as_written, read_text, rows
 from harness.taskspec import REQUIRED_SPLITS, SPLITS, TaskSpec
 
+
 @dataclass(frozen=True)
 class Example:
     id: str
