@@ -56,11 +56,13 @@ Usage: python bench/lora_train.py [--task support_triage|snips] [--train 160] [-
 # Measured on 2026-12-06 (this script, all linear layers, 3 epochs, idle 2-core EPYC): on snips TRL's packed
 # 5 steps/epoch learned LESS per epoch than the 20 of ours and HF (0.511 vs 0.312 / 0.300 after epoch 1), and on
 # support_triage it was level with HF (0.755 vs 0.782). The gap that mattered was ours behind HF with identical
-# steps on support_triage: 1.066 vs 0.782 after epoch 1. Cause, found by changing one thing at a time on
-# ours (2 epochs): not the shared prefix (off: 0.955 vs 0.969, and 25% slower) but length grouping. Ours sorted
-# mega-batches of 32 batches, i.e. the whole 160-example epoch, so every batch held the 8 nearest lengths; with
-# transformers' rule (four mega-batches an epoch, here 4-5 batches each) dev loss after epoch 1 was 0.752 against
-# 0.969, in the same time. harness.lm.train_data.mega_batch_mult now follows transformers' rule.
+# steps on support_triage: 1.066 vs 0.782 after epoch 1. Changing one thing at a time on ours: not the shared
+# prefix (off: 0.955 vs 0.969, 25% slower) but length grouping. Ours sorts mega-batches of 32 batches, here the
+# whole 160-example epoch, so every epoch's batches hold the same examples; transformers' rule (four mega-batches
+# an epoch) gave 0.656 / 0.543 after epochs 1 / 2 against 0.893 / 0.605 (means of 3 seeds, this script's fixed-epoch
+# linear decay). NOT adopted: under lora.yaml's default schedule (epochs auto: constant rate after warm-up, the
+# demo's run capped at 2 epochs, 3 seeds) dev loss at the kept epoch was level (0.314 vs 0.300) and held-out
+# accuracy lower in every seed (docs/results.md, "Performance against fair baselines").
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from filelock import FileLock
 from harness.lm import constrained as constrained_decoding
 from harness import inference, kinds
 from harness.errors import ConfigError
-from harness.lm import TRAIN, TRAINER_REVISION
+from harness.lm import TRAIN
 from harness.prompts import PromptTemplate, build_messages, target_text, template_from_config
 from harness.results import read_json, write_json
 from harness.scoring import score_arm
@@ -130,10 +130,8 @@ def arm_settings(given: Mapping[str, Any], name: str, own: Mapping[str, Any] | N
 
 def cache_folder(cache_dir: Path, kind: str, key_parts: list) -> tuple[Path, str]:
     """Where a trained artefact of this kind lives, keyed by content (model, data, settings, seed). Each kind has
-    its own folder and its name enters the key, so a LoRA adapter and a fully fine-tuned model never collide; so does
-    the trainer's revision (harness.lm.TRAINER_REVISION), so one trained by older code is not reused."""
-    key = hashlib.sha256(json.dumps([kind, TRAINER_REVISION, *key_parts], sort_keys=True,
-                                    default=list).encode()).hexdigest()[:20]
+    its own folder and its name enters the key, so a LoRA adapter and a fully fine-tuned model never collide."""
+    key = hashlib.sha256(json.dumps([kind, *key_parts], sort_keys=True, default=list).encode()).hexdigest()[:20]
     return Path(cache_dir) / ("adapters" if kind == "lora" else kind) / key, key
 
 

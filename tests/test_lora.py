@@ -108,39 +108,6 @@ def test_shared_prefix_loss_and_gradients_equal_the_plain_path(tiny_model):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
 
 
-def test_length_grouped_batches_sort_within_transformers_mega_batches():
-    """Lengths sorted within mega-batches of transformers' size (four an epoch, 1 to 50 batches each), not across
-    the epoch: 160 examples in batches of 8 give mega-batches of 40, so a batch is not the 8 nearest lengths."""
-    import random
-
-    from harness.lm.train_data import Encoded, batches, mega_batch_mult
-
-    assert [mega_batch_mult(n, 8) for n in (10, 31, 32, 160, 1600, 100_000)] == [1, 1, 1, 5, 50, 50]
-    data = [Encoded(list(range(3 + (i * 37) % 160)), 1) for i in range(160)]  # 160 distinct lengths
-    out = batches(data, 8, random.Random(0), True)
-    order = list(range(160))
-    random.Random(0).shuffle(order)  # the same first draw batches() makes
-    mega = [set(order[s:s + 40]) for s in range(0, 160, 40)]
-    assert sorted(i for b in out for i in b) == list(range(160)) and all(len(b) == 8 for b in out)
-    for b in out:
-        group = next(m for m in mega if b[0] in m)
-        assert set(b) <= group  # from one mega-batch, and the 8 nearest lengths inside it
-        inside = sorted(group, key=lambda i: len(data[i].ids))
-        k = inside.index(b[0])
-        assert set(b) == set(inside[k - k % 8:k - k % 8 + 8])
-    whole_epoch_sorted = sorted(range(160), key=lambda i: len(data[i].ids))
-    assert {frozenset(b) for b in out} != {frozenset(whole_epoch_sorted[s:s + 8]) for s in range(0, 160, 8)}
-
-
-def test_the_trainer_revision_enters_the_cache_key(tmp_path, monkeypatch):
-    import strategies.lora as lora
-
-    parts = [{"model": "m"}, [("p", "t")], [], {"rank": 8}, 0]
-    before = lora.cache_folder(tmp_path, "lora", parts)
-    monkeypatch.setattr(lora, "TRAINER_REVISION", lora.TRAINER_REVISION + 1)
-    assert lora.cache_folder(tmp_path, "lora", parts) != before
-
-
 def test_dev_carve_out_is_stratified_and_small_train_is_refused(tmp_path):
     task = _keyword_task(tmp_path / "task", n_train=40)
     train, dev, source = split_dev(task, 0.2, seed=0)

@@ -13,10 +13,6 @@ from types import MappingProxyType
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 SCORE, GENERATE, TRAIN = "score", "generate", "train"
-# Enters every trained artefact's cache key (strategies.lora.cache_folder): raised when a trainer change alters what
-# the same data and settings train, so no adapter from the old code is reused. 2: length-grouped batches follow
-# transformers' mega-batch rule (harness.lm.train_data.mega_batch_mult, issue 18).
-TRAINER_REVISION = 2
 PLAIN_ANSWER_END = "\n\n"  # what the plain format writes after an answer (its line end before the next turn)
 ANSWER_PROBE = "ANSWERPROBE"  # an assistant answer rendered through a chat template to find what follows it
 

@@ -38,20 +38,12 @@ def batches(data: Sequence[Encoded], size: int, rng: random.Random, group_by_len
     order = list(range(len(data)))
     rng.shuffle(order)
     if group_by_length:  # sort within mega-batches so a batch holds similar lengths, then shuffle the batches
-        mega = size * mega_batch_mult(len(data), size)
+        mega = size * 32
         order = [i for s in range(0, len(order), mega)
                  for i in sorted(order[s:s + mega], key=lambda i: len(data[i].ids))]
     out = [order[s:s + size] for s in range(0, len(order), size)]
     rng.shuffle(out)
     return out
-
-
-def mega_batch_mult(n: int, size: int) -> int:
-    """Batches per length-sorted mega-batch: transformers' rule (get_length_grouped_indices: four mega-batches an
-    epoch, at most 50 batches each, at least one). The fixed 32 it replaced sorted a whole small epoch by length, so
-    every batch held near-identical lengths (and so similar examples): on support_triage's 160 training tickets dev
-    loss after one epoch was 0.97 against 0.75 with this rule, in the same time (bench/lora_train.py, issue 18)."""
-    return max(1, min(n // (4 * size), 50))
 
 
 def shared_prefix(data: Sequence[Encoded], minimum: int = 16) -> list[int]:
