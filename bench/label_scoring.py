@@ -64,6 +64,17 @@ def naive_scores(lm: TransformersLM, prompts: list[str], labels: list[str]) -> l
     return out
 
 
+def argmaxes(table: list[list[float]]) -> list[int]:
+    """Each row's best label index."""
+    return [max(range(len(row)), key=row.__getitem__) for row in table]
+
+
+def agreement(table: list[list[float]], other: list[list[float]]) -> tuple[float, float]:
+    """Share of rows whose best label is the same in both score tables, and the largest |score difference|."""
+    same = sum(a == b for a, b in zip(argmaxes(table), argmaxes(other))) / len(table)
+    return same, max(abs(x - y) for r1, r2 in zip(table, other) for x, y in zip(r1, r2))
+
+
 def lm_eval_scores(model_dir: str, pairs: list[tuple[str, str]], batch: int):
     """lm-evaluation-harness's HFLM log-likelihoods of (context, continuation) pairs; (model load s, scoring s)."""
     from lm_eval.api.instance import Instance
@@ -78,7 +89,7 @@ def lm_eval_scores(model_dir: str, pairs: list[tuple[str, str]], batch: int):
     return out, t_load, time.perf_counter() - t
 
 
-def whole_process(args, lm: TransformersLM, labels: list[str], model_dir: str) -> None:
+def whole_process(args, lm: TransformersLM, labels: list[str], model_dir: str, have_peer: bool) -> None:
     """Wall clock of `harness` and of `lm_eval`, each a fresh process, on the harness's default prompts."""
     bindir = Path(sys.executable).parent
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -93,7 +104,7 @@ def whole_process(args, lm: TransformersLM, labels: list[str], model_dir: str) -
         task = load_task(ROOT / "tasks" / args.task)
         gold = {ex.id: task.labels.index(ex.target) for ex in task.heldout}
         acc_harness = sum(r["output"] == task.labels[gold[r["id"]]] for r in rows) / len(rows)
-        if importlib.util.find_spec("lm_eval") is None:
+        if not have_peer:
             print(f"\nwhole process: harness {t_harness:.1f} s for {len(rows)} examples; lm_eval is not installed "
                   f"(pip install lm_eval==0.4.13, or the project's bench extra), so no peer ratio")
             return
@@ -170,10 +181,8 @@ def main() -> None:
                 args.lm_eval_batch)
             peer = [flat[i:i + len(labels)] for i in range(0, len(flat), len(labels))]
 
-        argmax = [max(range(len(labels)), key=row.__getitem__) for row in fast]
-        argmax_naive = [max(range(len(labels)), key=row.__getitem__) for row in slow]
-        agree = sum(a == b for a, b in zip(argmax, argmax_naive)) / len(prompts)
-        max_diff = max(abs(x - y) for r1, r2 in zip(fast, slow) for x, y in zip(r1, r2))
+        argmax, argmax_naive = argmaxes(fast), argmaxes(slow)
+        agree, max_diff = agreement(fast, slow)
         parsed = [parse_label(g.text, task.labels, task.label_text) for g in gens]
         invalid = sum(p is None for p in parsed) / len(prompts)
         gold = [ex.target for ex in task.heldout]
@@ -182,23 +191,22 @@ def main() -> None:
         print(f"\n{shots}-shot prompts, {mean_tokens:.0f} tokens on average")
         print(f"  (a) shared-prefix scoring : {n / t_fast:7.2f} examples/s  accuracy {acc([task.labels[i] for i in argmax]):.3f}")
         print(f"  (b) naive pair scoring    : {n / t_naive:7.2f} examples/s  accuracy {acc([task.labels[i] for i in argmax_naive]):.3f}")
-        argmax_old = [max(range(len(labels)), key=row.__getitem__) for row in label_only]
+        argmax_old = argmaxes(label_only)
         changed = sum(a != b for a, b in zip(argmax, argmax_old)) / len(prompts)
         print(f"      label tokens only     :                    accuracy {acc([task.labels[i] for i in argmax_old]):.3f}  "
               f"(without the end of turn; {changed:.1%} of answers differ from (a))")
         print(f"  (c) generate and parse    : {n / t_gen:7.2f} examples/s  accuracy {acc(parsed):.3f}  "
               f"invalid outputs {invalid:.1%}")
         if have_peer:
-            argmax_peer = [max(range(len(labels)), key=row.__getitem__) for row in peer]
-            agree_peer = sum(a == b for a, b in zip(argmax, argmax_peer)) / n
-            diff_peer = max(abs(x - y) for r1, r2 in zip(fast, peer) for x, y in zip(r1, r2))
+            argmax_peer = argmaxes(peer)
+            agree_peer, diff_peer = agreement(fast, peer)
             print(f"  (d) lm-evaluation-harness : {n / t_peer:7.2f} examples/s  accuracy "
                   f"{acc([task.labels[i] for i in argmax_peer]):.3f}  (HFLM batch {args.lm_eval_batch}, model load "
                   f"{t_peer_load:.1f} s not counted; (a)/(d) = {t_peer / t_fast:.1f}x, argmax agreement "
                   f"{agree_peer:.1%}, max |logprob difference| {diff_peer:.2e})")
         print(f"  speed-up (a)/(b) = {t_naive / t_fast:.1f}x   (a)/(c) = {t_gen / t_fast:.1f}x   "
               f"argmax agreement (a) vs (b) = {agree:.1%}   max |logprob difference| = {max_diff:.2e}")
-    whole_process(args, lm, labels, model_dir)
+    whole_process(args, lm, labels, model_dir, have_peer)
 
 
 if __name__ == "__main__":
