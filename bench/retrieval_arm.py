@@ -1,0 +1,114 @@
+"""Benchmark: the retrieval arm's per-example cost (issue 18, item 4), side by side in one run on the same prompts.
+
+The prompts are the retrieval arm's own (support_triage by default: instruction and label list, then the 5 nearest
+train tickets as demonstrations, then the ticket), built for TRAIN examples with each left out of its own
+neighbours (the prompts the combined arm trains on), so nothing here reads a held-out example. Each variant scores
+every label of every prompt (label scoring, as the arm does on a classification task):
+
+  fp32            the default on this CPU: the token prefix all prompts share (instruction + label list) runs once
+                  per call, each prompt's own tokens (demonstrations + ticket) and the labels in one pass per batch;
+  fp32, no reuse  the same with the shared prefix recomputed in every row (what the reuse saves);
+  fp32, batch 16  model.batch_size=16 instead of 8;
+  bf16 autocast   matrix products in bfloat16, weights and norms in fp32 (torch.autocast);
+  bf16 weights    model.dtype=bfloat16 (everything in bfloat16; what a user gets with that setting).
+
+Prints seconds per example and the ratio to fp32, and for each variant how its outputs differ from fp32's: the
+share of prompts whose best label is the same, and the largest difference of a label's normalised log-probability.
+With --profile, the operators that take fp32's time (torch.profiler, 16 prompts).
+
+Usage: python bench/retrieval_arm.py [--task support_triage] [--n 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from harness.lm.hf import TransformersLM
+from harness.provenance import cpu_info
+from harness.retriever import Retriever
+from harness.strategy import PrepareContext
+from harness.task import load_task
+from strategies.retrieval import Retrieval
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "packaged:smollm2-135m-instruct"
+print = functools.partial(print, flush=True)  # noqa: A001
+
+
+def normalised(logprobs: list[float]) -> list[float]:
+    top = max(logprobs)
+    z = top + math.log(sum(math.exp(v - top) for v in logprobs))
+    return [v - z for v in logprobs]
+
+
+def timed(lm: TransformersLM, prompts: list[str], labels: list[str], context=contextlib.nullcontext):
+    lm.score_choices(prompts[:2], labels)  # warm-up: first-call allocations are not per-example cost
+    start = time.perf_counter()
+    with context():
+        scores = lm.score_choices(prompts, labels)
+    return time.perf_counter() - start, [normalised(s.logprobs) for s in scores]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", default="support_triage")
+    ap.add_argument("--n", type=int, default=64, help="train examples whose retrieval prompts are scored")
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    cpu = cpu_info()
+    print(f"CPU: {cpu.get('model')} ({cpu.get('cores')} cores), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    task = load_task(ROOT / "tasks" / args.task)
+    if task.type != "classification":
+        raise SystemExit(f"{args.task} is not a classification task: this bench times label scoring")
+    lm = TransformersLM(MODEL)
+    arm = Retrieval(Retriever(), mode="demonstrations", k=5)
+    with __import__("tempfile").TemporaryDirectory() as tmp:
+        arm.prepare(PrepareContext(task, lm, Path(tmp), Path(tmp), 0, lambda d, t: (lambda n=1: None)))
+        prompts = arm.prompts.build(task.train[: args.n], exclude_self=True)[0]
+    labels = [task.text_of(label) for label in task.labels]
+    ids = [lm.encode(p)[0] for p in prompts]
+    shared = lm._shared_prefix(ids)
+    own = sum(len(i) - shared for i in ids) / len(ids)
+    print(f"{args.task}: {len(prompts)} retrieval prompts (train, each left out of its neighbours), {len(labels)} "
+          f"labels; shared prefix {shared} tokens, own tokens {own:.0f} per prompt (mean)")
+
+    results: dict[str, tuple[float, list[list[float]]]] = {}
+    results["fp32"] = timed(lm, prompts, labels)
+    keep = lm._shared_prefix
+    lm._shared_prefix = lambda encoded: 0
+    results["fp32, no reuse"] = timed(lm, prompts, labels)
+    lm._shared_prefix = keep
+    lm.batch_size = 16
+    results["fp32, batch 16"] = timed(lm, prompts, labels)
+    lm.batch_size = 8
+    results["bf16 autocast"] = timed(lm, prompts, labels, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    del lm
+    results["bf16 weights"] = timed(TransformersLM(MODEL, dtype="bfloat16"), prompts, labels)
+
+    base_s, base = results["fp32"]
+    print(f"\n{'variant':<16} {'s/example':>10} {'vs fp32':>8} {'same best label':>16} {'max |Δ logprob|':>16}")
+    for name, (seconds, scores) in results.items():
+        same = sum(max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
+                   for a, b in zip(scores, base))
+        diff = max(abs(x - y) for a, b in zip(scores, base) for x, y in zip(a, b))
+        print(f"{name:<16} {seconds / len(prompts):>10.3f} {base_s / seconds:>7.2f}× {same:>10}/{len(base):<5} "
+              f"{diff:>16.3f}")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        lm = TransformersLM(MODEL)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            lm.score_choices(prompts[:16], labels)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
