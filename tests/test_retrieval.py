@@ -157,3 +157,31 @@ def test_demonstration_mode_uses_nearest_train_examples(tiny_model, retriever, t
         assert nearest in p.prompt
         # most similar demonstration is the last one, right before the input
         assert p.prompt.rindex(nearest) > max(p.prompt.index(train_by_id[r["id"]].input) for r in p.retrieved[1:])
+
+
+def test_retrievers_of_one_embedder_share_the_model_and_embed_each_text_once(retriever):
+    """The data check, the retrieval arm and the classifier each build a Retriever; a text is embedded once per
+    process, and what comes back is what sentence-transformers computes for it directly."""
+    other = Retriever()
+    assert other.model is retriever.model
+    texts = ["The parcel never arrived.", "I was charged twice for May.", "Reset my hub's Wi-Fi, please."]
+    fed: list[str] = []
+    model = retriever.model
+    original = model.encode
+
+    def counting(batch, **kw):
+        fed.extend(batch)
+        return original(batch, **kw)
+
+    model.encode = counting
+    try:
+        first = retriever.encode(texts[:2])
+        seen: list[int] = []
+        again = other.encode([texts[2], texts[0], texts[2], texts[1]], advance=seen.append)
+    finally:
+        del model.encode
+    assert sorted(fed) == sorted(texts)            # each text once, the repeat and the known ones not again
+    assert sum(seen) == 4
+    direct = original(texts, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(first, direct[:2], atol=1e-5)
+    np.testing.assert_allclose(again, direct[[2, 0, 2, 1]], atol=1e-5)
