@@ -30,17 +30,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import math
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from harness.inference import log_softmax
 from harness.lm.hf import TransformersLM
 from harness.provenance import cpu_info
 from harness.retriever import Retriever
 from harness.strategy import PrepareContext
 from harness.task import load_task
+from label_scoring import agreement  # bench/, beside this script
 from strategies.retrieval import Retrieval
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,18 +50,12 @@ MODEL = "packaged:smollm2-135m-instruct"
 print = functools.partial(print, flush=True)  # noqa: A001
 
 
-def normalised(logprobs: list[float]) -> list[float]:
-    top = max(logprobs)
-    z = top + math.log(sum(math.exp(v - top) for v in logprobs))
-    return [v - z for v in logprobs]
-
-
 def timed(lm: TransformersLM, prompts: list[str], labels: list[str], context=contextlib.nullcontext):
     lm.score_choices(prompts[:2], labels)  # warm-up: first-call allocations are not per-example cost
     start = time.perf_counter()
     with context():
         scores = lm.score_choices(prompts, labels)
-    return time.perf_counter() - start, [normalised(s.logprobs) for s in scores]
+    return time.perf_counter() - start, [log_softmax(s.logprobs) for s in scores]
 
 
 def embedding(task) -> None:
@@ -105,7 +101,7 @@ def main() -> None:
     embedding(task)
     lm = TransformersLM(MODEL)
     arm = Retrieval(Retriever(), mode="demonstrations", k=5)
-    with __import__("tempfile").TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         arm.prepare(PrepareContext(task, lm, Path(tmp), Path(tmp), 0, lambda d, t: (lambda n=1: None)))
         prompts = arm.prompts.build(task.train[: args.n], exclude_self=True)[0]
     labels = [task.text_of(label) for label in task.labels]
@@ -121,25 +117,21 @@ def main() -> None:
     lm._shared_prefix = lambda encoded: 0
     results["fp32, no reuse"] = timed(lm, prompts, labels)
     lm._shared_prefix = keep
-    lm.batch_size = 16
+    batch, lm.batch_size = lm.batch_size, 16
     results["fp32, batch 16"] = timed(lm, prompts, labels)
-    lm.batch_size = 8
+    lm.batch_size = batch
     results["bf16 autocast"] = timed(lm, prompts, labels, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
-    del lm
     results["bf16 weights"] = timed(TransformersLM(MODEL, dtype="bfloat16"), prompts, labels)
 
     base_s, base = results["fp32"]
     print(f"\n{'variant':<16} {'s/example':>10} {'vs fp32':>8} {'same best label':>16} {'max |Δ logprob|':>16}")
     for name, (seconds, scores) in results.items():
-        same = sum(max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
-                   for a, b in zip(scores, base))
-        diff = max(abs(x - y) for a, b in zip(scores, base) for x, y in zip(a, b))
-        print(f"{name:<16} {seconds / len(prompts):>10.3f} {base_s / seconds:>7.2f}× {same:>10}/{len(base):<5} "
-              f"{diff:>16.3f}")
+        share, diff = agreement(scores, base)
+        print(f"{name:<16} {seconds / len(prompts):>10.3f} {base_s / seconds:>7.2f}× {round(share * len(base)):>10}/"
+              f"{len(base):<5} {diff:>16.3f}")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        lm = TransformersLM(MODEL)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             lm.score_choices(prompts[:16], labels)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
