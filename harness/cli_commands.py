@@ -25,6 +25,8 @@ def _report(argv: list[str]) -> int:
     parser.add_argument("--tolerance", type=float, help=argparse.SUPPRESS)  # the earlier name of --margin
     parser.add_argument("--error-cost", type=float, help="cost of one wrong answer (currency per wrong example)")
     parser.add_argument("--review-cost", type=float, help="cost of reviewing one output that fails a task rule")
+    parser.add_argument("--metric", help="decide on this metric instead (one every arm recorded, e.g. fact_recall "
+                        "where the task's primary metric is token_f1); the task's own stays recorded beside it")
     parser.add_argument("--out", type=Path, help="write the new decision and report into this new folder (the JSON "
                         "they need is copied there) and leave RUN_DIR as it is")
     args = parser.parse_args(argv)
@@ -48,11 +50,13 @@ def _report(argv: list[str]) -> int:
     margin = args.margin if args.margin is not None else args.tolerance
     if margin is not None:
         decision["margin"] = margin
+    if args.metric is not None:  # checked before --out copies anything
+        rundata.check_primary(args.run_dir, rundata.read_run_file(args.run_dir / "comparison.json"), args.metric)
     target = args.run_dir
     if args.out and args.out.resolve() != args.run_dir.resolve():
         rundata.copy_decision_inputs(args.run_dir, args.out)
         target = args.out
-    comparison = rundata.decide_run(target, cost, decision)
+    comparison = rundata.decide_run(target, cost, decision, primary=args.metric)
     paths = report.write_reports(target)
     display.console.print(display.comparison_table(comparison))
     panel = display.verdict_panel(comparison)

@@ -88,12 +88,16 @@ def settings(raw: Mapping | None, seed: int) -> decide.Settings:
 
 
 def decide_run(run_dir: Path, cost_raw: Mapping | None = None, decision_raw: Mapping | None = None, *,
-               cost_config: costs.CostConfig | None = None, decision: decide.Settings | None = None) -> dict:
+               cost_config: costs.CostConfig | None = None, decision: decide.Settings | None = None,
+               primary: str | None = None) -> dict:
     """Re-make the decision of a results folder from its JSON and write it into comparison.json. Cost and decision
     settings: those given validated (`cost_config`, `decision`: the runner's plan), else validated from `cost_raw`
-    / `decision_raw`, else from what the run recorded in run.json."""
+    / `decision_raw`, else from what the run recorded in run.json. `primary`: decide on another metric every arm
+    recorded instead of the one the run decided on (`harness report --metric`)."""
     run_dir = Path(run_dir)
     comparison = read_run_file(run_dir / "comparison.json")
+    if primary is not None:
+        choose_primary(run_dir, comparison, primary)
     if cost_config is None or decision is None:
         config = read_run_file(run_dir / "run.json").get("config", {})
         if cost_config is None:
@@ -104,6 +108,28 @@ def decide_run(run_dir: Path, cost_raw: Mapping | None = None, decision_raw: Map
     comparison["decision"] = decide.decide(evidence(run_dir, comparison), cost_config, decision)
     write_json(run_dir / "comparison.json", comparison)
     return comparison
+
+
+def check_primary(run_dir: Path, comparison: Mapping, metric: str) -> None:
+    """A one-line HarnessError unless every arm the decision compares recorded `metric`."""
+    arms = Comparison.of(comparison).arms
+    compared = [r for r in arms.values() if r.compared]
+    recorded = sorted(set.intersection(*[set(r.metrics) for r in compared]) if compared else set())
+    if metric not in recorded:
+        raise HarnessError(f"{Path(run_dir) / 'comparison.json'}: not every arm recorded metric {metric!r}; choose "
+                           f"one of {', '.join(recorded) or '(none)'}")
+
+
+def choose_primary(run_dir: Path, comparison: dict, metric: str) -> None:
+    """Make `metric` the metric the decision is made on. It must be one every compared arm recorded; the task's own
+    primary metric is kept as `task_primary_metric` (dropped again when the task's metric is chosen back)."""
+    check_primary(run_dir, comparison, metric)
+    task_metric = comparison.get("task_primary_metric", comparison["primary_metric"])
+    comparison["primary_metric"] = metric
+    if metric == task_metric:
+        comparison.pop("task_primary_metric", None)
+    else:
+        comparison["task_primary_metric"] = task_metric
 
 
 def copy_decision_inputs(run_dir: Path, out: Path) -> list[Path]:

@@ -118,3 +118,46 @@ def test_an_arm_whose_every_request_failed_is_never_chosen_and_the_run_exits_non
     assert r.returncode == 1 and "every request of served failed" in r.stdout
     d = json.loads((run / "comparison.json").read_text())["decision"]
     assert d["verdict"]["choice"] == "few" and d["failures"]["served"]["wholesale"]
+
+
+def _generation_arm(token_f1: list[float], fact_recall: list[float]) -> tuple:
+    n = len(token_f1)
+    per_example = {f"h{i}": {"token_f1": t, "fact_recall": f} for i, (t, f) in enumerate(zip(token_f1, fact_recall))}
+    result = {"summary": "", "n": n, "prepare_s": 0.0, "training": None,
+              "metrics": {"token_f1": sum(token_f1) / n, "fact_recall": sum(fact_recall) / n},
+              "usage": {"n": n, "examples_per_s": 5.0, "input_tokens": {"mean": 100.0}, "output_tokens": {"mean": 9.0},
+                        "latency_s": {"mean": 0.2}, "truncated": 0, "failed": 0},
+              "model": {"backend": "transformers", "name_or_path": "tiny"}}
+    return result, per_example
+
+
+def test_report_decides_on_another_recorded_metric_and_keeps_the_tasks_own(tmp_path):
+    # "wordy" shares the reference's phrasing (token F1) but states few facts; "facts" the other way round
+    wordy = _generation_arm([0.5, 0.7] * 30, [0.1, 0.3] * 30)
+    facts = _generation_arm([0.2, 0.4, 0.3] * 20, [0.6, 0.8, 0.7] * 20)
+    run = _folder(tmp_path / "run", {"wordy": wordy, "facts": facts})
+    c = json.loads((run / "comparison.json").read_text())
+    (run / "comparison.json").write_text(json.dumps({**c, "task_type": "generation", "primary_metric": "token_f1",
+                                                     "labels": []}))
+    assert _harness_report(run).returncode == 0
+    assert json.loads((run / "comparison.json").read_text())["decision"]["best"] == "wordy"
+
+    r = _harness_report(run, "--metric", "fact_recall", "--out", tmp_path / "facts")
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = json.loads((tmp_path / "facts" / "comparison.json").read_text())
+    assert c["primary_metric"] == "fact_recall" and c["task_primary_metric"] == "token_f1"
+    assert c["decision"]["best"] == "facts" and c["decision"]["verdict"]["choice"] == "facts"
+    test, = c["decision"]["paired_tests"]
+    assert test["significant"] and abs(abs(test["difference"]) - 0.5) < 1e-9  # the fact_recall difference, not token F1's
+    assert "the task's: token_f1" in (tmp_path / "facts" / "report.md").read_text()
+    assert json.loads((run / "comparison.json").read_text())["primary_metric"] == "token_f1"  # the run is unchanged
+
+    r = _harness_report(tmp_path / "facts", "--metric", "token_f1")  # back to the task's metric: no note left
+    assert r.returncode == 0, r.stdout + r.stderr
+    c = json.loads((tmp_path / "facts" / "comparison.json").read_text())
+    assert c["primary_metric"] == "token_f1" and "task_primary_metric" not in c and c["decision"]["best"] == "wordy"
+
+    r = _harness_report(run, "--metric", "bleu", "--out", tmp_path / "never")
+    lines = [x for x in (r.stdout + r.stderr).splitlines() if x.startswith("error:")]
+    assert r.returncode == 2 and len(lines) == 1 and "choose one of fact_recall, token_f1" in lines[0]
+    assert not (tmp_path / "never").exists()  # checked before anything was copied

@@ -92,8 +92,9 @@ def comparison_table(comparison: Comparison | dict) -> Table:
     primary, currency = view.primary, view.currency
     secondary = [m for m in view.metrics
                  if m != "invalid_rate" or any(r.result.metrics.get(m) for r in view.rows)]
-    table = Table(title=f"{comparison.task} — held-out n={comparison.heldout_n}, primary metric: {primary}",
-                  title_justify="left")
+    chosen = comparison.other.get("task_primary_metric")
+    table = Table(title=f"{comparison.task} — held-out n={comparison.heldout_n}, primary metric: {primary}"
+                  + (f" (chosen at report time; the task's: {chosen})" if chosen else ""), title_justify="left")
     show_model = view.mixed_models  # arms on different models: say which model each ran on
     table.add_column("strategy", style="bold", no_wrap=True)
     if show_model:
