@@ -1,5 +1,6 @@
 """Data checks run before any training: held-out inputs that also occur (exactly or nearly) in train or the
-knowledge corpus, label balance, and personal-data patterns in training data. Pure: texts and vectors in, a
+knowledge corpus, held-out answers that are also training answers, label balance, and personal-data patterns in
+training data. Pure: texts and vectors in, a
 JSON-able report out. PII is reported as counts and example ids, never the matched values; `redact` replaces
 what the same detector finds (the prompts stored in predictions.jsonl go through it).
 
@@ -42,6 +43,7 @@ def _luhn(digits: str) -> bool:
 
 PHONE_REGIONS = ("GB", "US")  # national number formats searched besides the international +CC form
 DETECTOR = f"phonenumbers {phonenumbers.__version__} {','.join(PHONE_REGIONS)}"  # part of data_checks.json's key
+CHECKS = ("overlap", "label_balance", "answers_in_train", "pii")  # also part of it: a new check is computed afresh
 _DIGIT_RUN = re.compile(r"\d(?:[\s().+/-]{0,3}\d){6}")  # seven digits close together: a phone is possible
 
 
@@ -129,6 +131,23 @@ def near_duplicates(heldout_ids: Sequence[str], heldout_vecs: np.ndarray, other_
     return found
 
 
+def _answer_key(target) -> str:
+    """A reference answer with case and runs of whitespace ignored."""
+    return " ".join(str(target).lower().split())
+
+
+def answers_in_train(task: Task) -> dict | None:
+    """Held-out examples of a generation task whose reference answer is also a training answer (case and whitespace
+    aside). A tuned arm can reproduce such an answer from memory, so on them the held-out set tests recall of trained
+    answers (an FAQ's), not answers the model never saw. None for other kinds: a label is a training answer by
+    design, and an extraction's field values come from its input."""
+    if task.type != "generation":
+        return None
+    seen = {_answer_key(ex.target) for ex in [*task.train, *task.split("dev")]}
+    ids = [ex.id for ex in task.heldout if _answer_key(ex.target) in seen]
+    return {"n": len(ids), "of": len(task.heldout), "ids": ids}
+
+
 def label_balance(task: Task) -> dict | None:
     if not kinds.of(task).labelled:
         return None
@@ -157,4 +176,4 @@ def run_checks(task: Task, encode: Callable[[Sequence[str]], np.ndarray] | None,
         overlap[split] = {"exact": exact, "near": near}
     training = list(task.train) + list(task.split("dev"))
     return {"near_threshold": threshold if encode else None, "overlap": overlap, "label_balance": label_balance(task),
-            "pii": pii_scan(training), "train_examples": len(training)}
+            "answers_in_train": answers_in_train(task), "pii": pii_scan(training), "train_examples": len(training)}

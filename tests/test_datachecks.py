@@ -94,3 +94,22 @@ def test_control_set_choice(task_dir):
     (task_dir / "control.jsonl").write_text((task_dir / "heldout.jsonl").read_text())
     own = forgetting.load_control(load_task(task_dir), "auto")
     assert own.name == "task control split" or own.name.endswith("control split")
+
+
+def test_held_out_answers_that_are_training_answers_are_found_case_and_spacing_aside(tmp_path):
+    folder = tmp_path / "faq"
+    folder.mkdir()
+    (folder / "task.yaml").write_text("name: faq\ntype: generation\ninstruction: Answer.\n")
+    train = [{"id": "t1", "input": "How long is leave?", "target": "Leave is 27 days a year."},
+             {"id": "t2", "input": "Who signs it off?", "target": "Your line manager."}]
+    held = [{"id": "h1", "input": "How many leave days?", "target": "leave is 27  days a YEAR."},  # t1's answer
+            {"id": "h2", "input": "Where do I book it?", "target": "In the Lantern portal."},     # new
+            {"id": "h3", "input": "Who approves leave?", "target": "Your line manager"}]          # not word for word
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (folder / "heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    result = datachecks.run_checks(load_task(folder), None, 0.95)
+    assert result["answers_in_train"] == {"n": 1, "of": 3, "ids": ["h1"]}
+
+
+def test_answers_in_train_is_asked_of_generation_tasks_only(task_dir):
+    assert datachecks.run_checks(load_task(task_dir), None, 0.95)["answers_in_train"] is None

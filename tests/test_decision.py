@@ -250,7 +250,8 @@ def test_forgetting_leakage_pii_and_few_examples_become_caveats():
     n = 200
     control = {"name": "general", "base": [1] * 60 + [0] * 40, "arms": {"lora": [1] * 40 + [0] * 60}}
     checks = {"near_threshold": 0.95, "overlap": {"train": {"exact": [{"heldout": "h1", "other": "t1"}], "near": []}},
-              "pii": {"counts": {"email": 2}, "examples": [{"id": "t7", "kinds": ["email"]}]}}
+              "pii": {"counts": {"email": 2}, "examples": [{"id": "t7", "kinds": ["email"]}]},
+              "answers_in_train": {"n": 50, "of": 200, "ids": [f"h{i}" for i in range(50)]}}
     ev = _evidence({"rag": (_pattern(n, 100), 10, None),
                     "lora": ([1] * 180 + [0] * 20, 10, {**TRAINING, "train_examples": 40})},
                    control=control, data_checks=checks)
@@ -258,7 +259,8 @@ def test_forgetting_leakage_pii_and_few_examples_become_caveats():
     caveats = " ".join(d["verdict"]["caveats"])
     assert d["forgetting"]["arms"]["lora"]["change"] == pytest.approx(-0.2)
     assert d["forgetting"]["arms"]["lora"]["ci"][1] < 0
-    for needle in ("Forgetting: lora", "Leakage: 1 held-out", "Data governance: 1 training", "Few training examples"):
+    for needle in ("Forgetting: lora", "Leakage: 1 held-out", "Data governance: 1 training", "Few training examples",
+                   "Answers seen in training: 50 of 200 held-out reference answers (25%)"):
         assert needle in caveats
     assert "@" not in caveats  # PII values are never printed
 

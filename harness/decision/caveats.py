@@ -1,5 +1,6 @@
 """The verdict's caveats: what a reader should know before acting on it (held-out size, broken arms, forgetting,
-leakage, personal data, format failures, few training examples, seed spread, truncation, example prices). Pure."""
+leakage, answers seen in training, personal data, format failures, few training examples, seed spread, truncation,
+example prices). Pure."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def caveats(*, ev, s, cost_cfg, names: Sequence[str], score: Mapping[str, float]
         if exact or near:
             out.append(f"Leakage: {exact} held-out input(s) identical and {near} nearly identical (cosine ≥ "
                        f"{checks.get('near_threshold')}) to {split} examples; scores on them may be inflated.")
+    seen = checks.get("answers_in_train") or {}
+    if seen.get("n"):
+        out.append(f"Answers seen in training: {seen['n']} of {seen['of']} held-out reference answers "
+                   f"({seen['n'] / seen['of']:.0%}) are also training answers. A fine-tuned arm can reproduce them "
+                   f"from memory, so on them the held-out set tests recall of trained answers; scores may not carry "
+                   f"to questions whose answers no arm was trained on.")
     pii = checks.get("pii") or {}
     if pii.get("examples"):
         out.append(f"Data governance: {len(pii['examples'])} training example(s) contain personal data "

@@ -36,7 +36,7 @@ def data_checks(plan: Plan) -> dict:
     task, path = plan.task, plan.run_dir / "data_checks.json"
     checks = plan.cfg.get("checks") or {}
     key = fingerprint(dict(task.data_hashes), OmegaConf.to_container(checks, resolve=True),
-                      {k: p.pattern for k, p in datachecks.PII_PATTERNS.items()}, datachecks.DETECTOR)
+                      {k: p.pattern for k, p in datachecks.PII_PATTERNS.items()}, datachecks.DETECTOR, datachecks.CHECKS)
     if path.exists() and read_json(path).get("key") == key:
         return read_json(path)
     encode = plan.models.encoder() if checks.get("near_duplicates", True) else None
@@ -48,6 +48,10 @@ def data_checks(plan: Plan) -> dict:
         if found["exact"] or found["near"]:
             display.status(f"[yellow]warning:[/yellow] {len(found['exact'])} held-out input(s) identical and "
                            f"{len(found['near'])} nearly identical to {split} examples")
+    seen = result.get("answers_in_train") or {}
+    if seen.get("n"):
+        display.status(f"[yellow]warning:[/yellow] {seen['n']} of {seen['of']} held-out answers are also training "
+                       f"answers: a tuned arm can recall them (ids in data_checks.json)")
     if result["pii"]["examples"]:
         display.status(f"[yellow]warning:[/yellow] {len(result['pii']['examples'])} training example(s) contain "
                        f"personal-data patterns ({result['pii']['counts']}); ids in data_checks.json")
