@@ -5,7 +5,7 @@ the same model and data. This script says how much further the same arithmetic c
 (support_triage or snips train prompts, length-grouped, batch 8, LoRA r=8 on every linear layer, bf16 autocast
 where the CPU has native bf16) it runs, one after the other in one process:
 - ours: a step as `harness.lm.train_data.target_loss` takes it (the shared prompt prefix once per batch, left
-  padding, the LM head at target positions only), then AdamW;
+  padding, the LM head at target positions only, the frozen weights held in bf16), then AdamW;
 - hf-style: the step transformers' Trainer takes with a causal LM (the whole sequence per row, right padding,
   `labels` with -100 on the prompt: logits at every position, the model's own loss), then AdamW.
 For each it counts the floating-point operations of every step with torch's FlopCounterMode (matrix products and
@@ -14,7 +14,7 @@ model's own linear-layer shapes (tokens × 576 by 576 × 1536 and back) in the a
 arithmetic itself reaches on this CPU. Prints, per engine, GFLOP per real token, tokens/s, the achieved GFLOP/s
 and its share of the matrix-product rate, and what 3× the hf-style tokens/s would need.
 
-Usage: python bench/lora_roofline.py [--task support_triage|snips] [--steps 12]
+Usage: python bench/lora_roofline.py [--task support_triage|snips] [--steps 12] [--dropout 0.05] [--profile]
 """
 
 from __future__ import annotations
@@ -62,14 +62,28 @@ def step_fn(engine: str, model, pad: int, prefix):
     return ours if engine == "ours" else hf
 
 
-def measure(engine: str, lm, cfg, data, order, prefix, autocast: bool) -> dict:
+def profile_steps(run, batches_: list, top: int = 8) -> None:
+    """Self time per operator over the given steps (torch.profiler), the `top` largest as shares."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for examples in batches_:
+            run(examples)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print("  " + ", ".join(f"{e.key} {e.self_cpu_time_total / total:.0%}" for e in events[:top]))
+
+
+def measure(engine: str, lm, cfg, data, order, prefix, autocast: bool, profiled: bool = False) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.lm.training import build_trainable
+    from harness.lm.training import build_trainable, frozen_weights_in_bf16
 
     torch.manual_seed(0)
     model = build_trainable(lm, cfg, False)
+    if engine == "ours" and autocast:  # as train_lora does; Trainer keeps fp32 weights under its bf16 autocast
+        frozen_weights_in_bf16(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     step = step_fn(engine, model, lm.tokenizer.pad_token_id, prefix)
@@ -91,6 +105,9 @@ def measure(engine: str, lm, cfg, data, order, prefix, autocast: bool) -> dict:
         start = time.perf_counter()
         run(examples)
         seconds.append(time.perf_counter() - start)
+    if profiled:
+        print(f"{engine}: self time by operator over {len(order) - 2} steps")
+        profile_steps(run, [[data[j] for j in idx] for idx in order[2:]])
     keep = slice(2, None)  # warm-up steps left out of the rate
     t, f, s = sum(tokens[keep]), sum(flops[keep]), sum(seconds[keep])
     del model, optimizer
@@ -116,6 +133,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="support_triage")
     ap.add_argument("--steps", type=int, default=12, help="batches per engine (the first two are warm-up)")
+    ap.add_argument("--dropout", type=float, help="LoRA dropout (default: lora.yaml's)")
+    ap.add_argument("--profile", action="store_true", help="also print each engine's largest operators by self time "
+                    "(a third pass over the steps, after the timed one)")
     args = ap.parse_args()
     from lora_train import pairs, settings
 
@@ -126,7 +146,7 @@ def main() -> None:
 
     lm = TransformersLM("packaged:smollm2-135m-instruct",
                         cache_dir=os.environ.get("HARNESS_CACHE", str(Path.home() / ".cache" / "harness")))
-    cfg = TrainConfig.from_settings(settings(1))
+    cfg = TrainConfig.from_settings({**settings(1), **({} if args.dropout is None else {"dropout": args.dropout})})
     autocast = autocast_dtype(cfg.dtype, torch.device("cpu")) == "bf16"
     train_pairs, _ = pairs(lm, args.task, 160, 0)
     data, _ = encode_pairs(lm, train_pairs, cfg.max_length)
@@ -136,8 +156,9 @@ def main() -> None:
     mean_len = sum(len(data[j].ids) for idx in order for j in idx) / sum(len(idx) for idx in order)
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.task}, {len(order)} batches of {cfg.batch_size} ({mean_len:.0f} tokens per example, shared prefix "
-          f"{len(prefix)}), autocast {'bf16' if autocast else 'off (fp32)'}")
-    results = {engine: measure(engine, lm, cfg, data, order, prefix, autocast) for engine in ("ours", "hf")}
+          f"{len(prefix)}), autocast {'bf16' if autocast else 'off (fp32)'}, LoRA dropout {cfg.dropout}")
+    results = {engine: measure(engine, lm, cfg, data, order, prefix, autocast, args.profile)
+               for engine in ("ours", "hf")}
     config = lm.model.config
     rows = int(cfg.batch_size * mean_len)
     peak = matmul_rate(rows, config.hidden_size, config.intermediate_size, autocast)

@@ -164,3 +164,29 @@ def test_combined_arm_trains_on_retrieval_prompts_without_self_demonstrations(ti
         assert prompt.count(ex.input) == 1  # only as the input, never as its own demonstration
     preds = arm.predict(task.heldout)
     assert all(p.output in task.labels and len(p.retrieved) == 2 for p in preds)
+
+
+def test_frozen_weights_held_in_bf16_train_exactly_as_autocast_casting_them(tiny_model, tmp_path, monkeypatch):
+    """Under bf16 autocast the frozen base weights are stored in bf16 instead of being cast on every call: the losses
+    and the trained adapter must be bitwise the same as with fp32 weights cast by autocast."""
+    import harness.lm.training as training
+    from safetensors.torch import load_file
+
+    lm = TransformersLM(str(tiny_model))
+    task = _keyword_task(tmp_path / "task", n_train=24, n_heldout=4)
+    pairs = [(lm.render([{"role": "user", "content": ex.input}]), ex.target) for ex in task.train]
+    cfg = training.TrainConfig.from_settings({**lora_defaults(), **FAST, "dtype": "bf16", "dropout": 0.1,
+                                              "epochs": 2, "patience": 3, "batch_size": 4})
+    runs = {}
+    for held in ("bf16", "fp32"):
+        if held == "fp32":
+            monkeypatch.setattr(training, "frozen_weights_in_bf16", lambda model: 0)
+        report = training.train_lora(lm, pairs[:20], pairs[20:], cfg, tmp_path / held, seed=0)
+        runs[held] = (report, load_file(str(tmp_path / held / "adapter_model.safetensors")))
+    (bf16, weights_bf16), (fp32, weights_fp32) = runs["bf16"], runs["fp32"]
+    assert bf16["frozen_weights_bf16"] > 0 and fp32["frozen_weights_bf16"] == 0 and bf16["autocast"] == "bf16"
+    assert [(h["train_loss"], h["dev_loss"]) for h in bf16["history"]] == \
+        [(h["train_loss"], h["dev_loss"]) for h in fp32["history"]]
+    assert weights_bf16.keys() == weights_fp32.keys()
+    assert all(torch.equal(weights_bf16[k], weights_fp32[k]) for k in weights_bf16)
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters())  # the loaded model is never touched

@@ -148,7 +148,7 @@ def test_report_decides_on_another_recorded_metric_and_keeps_the_tasks_own(tmp_p
     assert c["primary_metric"] == "fact_recall" and c["task_primary_metric"] == "token_f1"
     assert c["decision"]["best"] == "facts" and c["decision"]["verdict"]["choice"] == "facts"
     test, = c["decision"]["paired_tests"]
-    assert test["significant"] and abs(abs(test["difference"]) - 0.5) < 1e-9  # the fact_recall difference, not token F1's
+    assert test["significant"] and abs(abs(test["difference"]) - 0.5) < 1e-9  # fact_recall's difference, not F1's
     assert "the task's: token_f1" in (tmp_path / "facts" / "report.md").read_text()
     assert json.loads((run / "comparison.json").read_text())["primary_metric"] == "token_f1"  # the run is unchanged
 

@@ -76,6 +76,24 @@ def build_trainable(lm, cfg: TrainConfig, full: bool):
         raise ConfigError(f"{e}", field="target_modules") from None
 
 
+def frozen_weights_in_bf16(model) -> int:
+    """Hold the frozen weights of the adapted linear layers in bf16; returns how many were converted.
+
+    Under bf16 autocast every matrix product casts an fp32 weight to bf16 on each call, and autocast caches only
+    the casts of weights that train, so the frozen base weights were copied twice per step (the shared prefix's
+    pass and the batch's). Stored in bf16 they give the very same products (the same round-to-nearest cast, done
+    once), with half their memory. Embeddings and norms stay fp32 (they are not matrix products under autocast)."""
+    converted = 0
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, torch.nn.Linear):
+            for param in (base.weight, base.bias):
+                if param is not None and not param.requires_grad and param.dtype == torch.float32:
+                    param.data = param.data.to(torch.bfloat16)
+                    converted += param.numel()
+    return converted
+
+
 def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[tuple[str, str]], cfg: TrainConfig,
                out_dir: Path, seed: int, progress: Callable[[str, int], Callable[[int], None]] | None = None,
                dev_metric: DevMetric | None = None, full: bool = False) -> dict:
@@ -93,6 +111,8 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     model = build_trainable(lm, cfg, full)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    # Only where the trained model itself never predicts outside autocast: a dev metric generates with it.
+    in_bf16 = frozen_weights_in_bf16(model) if precision == "bf16" and not full and dev_metric is None else 0
     train, truncated = encode_pairs(lm, train_pairs, cfg.max_length)
     dev, _ = encode_pairs(lm, dev_pairs, cfg.max_length)
     prefix = shared_prefix(list(train) + list(dev)) if cfg.shared_prefix else []
@@ -108,7 +128,8 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     best_epoch = min(history, key=lambda r: criterion(r, dev_metric))["epoch"]
     return {
         "config": {**asdict(cfg), "target_modules": list(cfg.target_modules)}, "seed": seed, "method": kind,
-        "device": str(device), "autocast": precision, "train_examples": len(train), "dev_examples": len(dev),
+        "device": str(device), "autocast": precision, "frozen_weights_bf16": in_bf16, "train_examples": len(train),
+        "dev_examples": len(dev),
         "prompts_truncated": truncated, "shared_prefix_tokens": len(prefix), "epochs_run": len(history),
         "best_epoch": best_epoch, "stop_reason": stop_reason, "optimizer_steps": fit.updates,
         "min_steps": plan.floor if cfg.auto_epochs else None, "max_epochs": plan.epoch_cap, "patience": plan.patience,
