@@ -270,3 +270,22 @@ def test_no_fine_tuned_arm_says_so():
     v = decide.decide(ev, CFG, decide.Settings(resamples=500))["verdict"]
     assert v["choice"] == "rag" and "No fine-tuned arm ran" in v["summary"]
     assert v["fine_tuning_justified"] is None  # nothing tuned to compare with: the run cannot tell
+
+
+def test_bounds_that_leave_out_zero_without_a_corrected_difference_are_called_uncorrected():
+    """The demo's shape: lora's one-sided bounds against the best are both below 0, yet Holm's correction over every
+    pair leaves the difference not significant. The verdict must not say "not shown worse" against its own bounds
+    without saying which of the two is corrected."""
+    clf = [1] * 113 + [0] * 17
+    lora = [0] * 20 + clf[20:113] + [1] * 7 + [0] * 10          # 20 lost and 7 gained against clf
+    rag = lora[:20] + [0] * 10 + lora[30:120] + [1] * 6 + [0] * 4
+    few = rag[:30] + [0] * 8 + rag[38:126] + [1] * 4
+    ev = _evidence({"clf": (clf, 1000, None), "lora": (lora, 20, TRAINING), "rag": (rag, 5, None),
+                    "few": (few, 10, None)})
+    d = decide.decide(ev, CFG, decide.Settings(resamples=1000))
+    r = d["against_best"]["lora"]
+    assert d["best"] == "clf" and r["relation"] == "not_separable" and r["upper"] < 0 < r["p_holm"] - 0.05
+    assert "(uncorrected; not significant after Holm's correction over the 6 paired tests)" in d["verdict"]["summary"]
+    clear = decide.decide(_evidence({"clf": (clf, 1000, None), "lora": (clf[:60] + [0] * 70, 20, TRAINING)}), CFG,
+                          decide.Settings(resamples=1000))
+    assert "uncorrected" not in clear["verdict"]["summary"]  # a corrected, significant difference needs no such note

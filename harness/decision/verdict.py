@@ -70,8 +70,12 @@ def write_verdict(*, ev, s, cost_cfg, names, score, ci, tests, priced, best, eli
         """The paired difference `arm − best`; flipped (`best − arm`) where the sentence names the best first."""
         r, sign = relations[arm], -1 if flip else 1
         low, high = sorted((sign * r["lower"], sign * r["upper"]))
-        return (f"difference {sign * r['difference']:+.3f}, one-sided {conf} bounds [{low:+.3f}, {high:+.3f}],"
-                f" Holm {_p(r['p_holm'])}")
+        # The bounds are per comparison; significance is Holm-corrected over every pair. When the bounds leave out 0
+        # but the corrected test does not, say so rather than let "not shown worse" read against them.
+        uncorrected = (f" (uncorrected; not significant after Holm's correction over the {len(tests)} paired tests)"
+                       if r["relation"] == "not_separable" and (r["lower"] > 0 or r["upper"] < 0) else "")
+        return (f"difference {sign * r['difference']:+.3f}, one-sided {conf} bounds [{low:+.3f}, {high:+.3f}]"
+                f"{uncorrected}, Holm {_p(r['p_holm'])}")
 
     selectable_tuned = [a for a in selectable if ev.arms[a].fine_tuned]
     comparable = bool(selectable_tuned) and best_plain is not None
