@@ -190,3 +190,17 @@ def test_frozen_weights_held_in_bf16_train_exactly_as_autocast_casting_them(tiny
     assert weights_bf16.keys() == weights_fp32.keys()
     assert all(torch.equal(weights_bf16[k], weights_fp32[k]) for k in weights_bf16)
     assert all(p.dtype == torch.float32 for p in lm.model.parameters())  # the loaded model is never touched
+
+
+def test_arms_of_different_precisions_train_one_after_another_in_one_process(tiny_model, tmp_path):
+    """accelerate keeps one state per process: an fp32 training after a bf16 one (or the reverse) must not fail."""
+    import harness.lm.training as training
+
+    lm = TransformersLM(str(tiny_model))
+    task = _keyword_task(tmp_path / "task", n_train=12, n_heldout=2)
+    pairs = [(lm.render([{"role": "user", "content": ex.input}]), ex.target) for ex in task.train]
+    for i, dtype in enumerate(["fp32", "bf16", "fp32"]):
+        cfg = training.TrainConfig.from_settings({**lora_defaults(), **FAST, "dtype": dtype, "epochs": 1,
+                                                  "batch_size": 4})
+        report = training.train_lora(lm, pairs[:8], pairs[8:], cfg, tmp_path / f"run{i}", seed=0)
+        assert report["autocast"] == ("bf16" if dtype == "bf16" else "no")

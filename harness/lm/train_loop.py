@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from harness.lm.train_config import TrainConfig
@@ -57,6 +58,16 @@ class EpochPlan:
         return bad_epochs >= self.patience and updates >= self.floor  # the floor keeps a small train set training
 
 
+def new_accelerator(precision: str, cpu: bool, grad_accum: int) -> Accelerator:
+    """An Accelerator for one training run. accelerate keeps one state per process and refuses a second
+    Accelerator with another mixed precision (an arm trained in fp32 after one in bf16, in one run or one test
+    session), so the state is reset for a run whose precision differs from the one before."""
+    state = AcceleratorState._shared_state
+    if state and str(state.get("_mixed_precision", precision)) != precision:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision=precision, cpu=cpu, gradient_accumulation_steps=grad_accum)
+
+
 @dataclass
 class Fit:
     """One training run under way: the prepared model, optimizer and schedule, and what it has counted so far."""
@@ -76,8 +87,7 @@ class Fit:
     @classmethod
     def start(cls, lm, model, cfg: TrainConfig, precision: str, plan: EpochPlan, prefix: Sequence[int]) -> Fit:
         """AdamW on the trainable weights, the plan's schedule, accelerate's placement and autocast."""
-        accelerator = Accelerator(mixed_precision=precision, cpu=lm.device.type == "cpu",
-                                  gradient_accumulation_steps=cfg.grad_accum)
+        accelerator = new_accelerator(precision, lm.device.type == "cpu", cfg.grad_accum)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                       weight_decay=cfg.weight_decay)
         scheduler = plan.scheduler(optimizer, cfg)
