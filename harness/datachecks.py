@@ -1,8 +1,8 @@
 """Data checks run before any training: held-out inputs that also occur (exactly or nearly) in train or the
 knowledge corpus, held-out answers that are also training answers, label balance, and personal-data patterns in
-training data. Pure: texts and vectors in, a
-JSON-able report out. PII is reported as counts and example ids, never the matched values; `redact` replaces
-what the same detector finds (the prompts stored in predictions.jsonl go through it).
+training data. Pure: texts and vectors in, a JSON-able report out. PII is reported as counts and example ids, never
+the matched values; `redact` replaces what the same detector finds (the prompts stored in predictions.jsonl go
+through it).
 
 Phone numbers: Google's libphonenumber (the `phonenumbers` package) finds candidates in international form
 (+CC, any country) and in the national forms of PHONE_REGIONS, e.g. UK mobiles as 07700 900123, 07700900123 or
