@@ -131,21 +131,16 @@ def near_duplicates(heldout_ids: Sequence[str], heldout_vecs: np.ndarray, other_
     return found
 
 
-def _answer_key(target) -> str:
-    """A reference answer with case and runs of whitespace ignored."""
-    return " ".join(str(target).lower().split())
-
-
 def answers_in_train(task: Task) -> dict | None:
-    """Held-out examples of a generation task whose reference answer is also a training answer (case and whitespace
-    aside). A tuned arm can reproduce such an answer from memory, so on them the held-out set tests recall of trained
-    answers (an FAQ's), not answers the model never saw. None for other kinds: a label is a training answer by
-    design, and an extraction's field values come from its input."""
+    """Held-out examples of a generation task whose reference answer is also a training answer (the leakage check's
+    `exact_overlap`: case and whitespace aside). A tuned arm can reproduce such an answer from memory, so on them the
+    held-out set tests recall of trained answers (an FAQ's), not answers the model never saw. None for other kinds:
+    a label is a training answer by design, and an extraction's field values come from its input."""
     if task.type != "generation":
         return None
-    seen = {_answer_key(ex.target) for ex in [*task.train, *task.split("dev")]}
-    ids = [ex.id for ex in task.heldout if _answer_key(ex.target) in seen]
-    return {"n": len(ids), "of": len(task.heldout), "ids": ids}
+    found = exact_overlap([(ex.id, ex.target) for ex in task.heldout],
+                          [(ex.id, ex.target) for ex in [*task.train, *task.split("dev")]])
+    return {"n": len(found), "of": len(task.heldout), "ids": [heldout_id for heldout_id, _ in found]}
 
 
 def label_balance(task: Task) -> dict | None:

@@ -112,9 +112,8 @@ def decide_run(run_dir: Path, cost_raw: Mapping | None = None, decision_raw: Map
 
 def check_primary(run_dir: Path, comparison: Mapping, metric: str) -> None:
     """A one-line HarnessError unless every arm the decision compares recorded `metric`."""
-    arms = Comparison.of(comparison).arms
-    compared = [r for r in arms.values() if r.compared]
-    recorded = sorted(set.intersection(*[set(r.metrics) for r in compared]) if compared else set())
+    c = Comparison.of(comparison)
+    recorded = sorted(set.intersection(*[set(c.arms[a].metrics) for a in c.compared]) if c.compared else set())
     if metric not in recorded:
         raise HarnessError(f"{Path(run_dir) / 'comparison.json'}: not every arm recorded metric {metric!r}; choose "
                            f"one of {', '.join(recorded) or '(none)'}")

@@ -36,7 +36,8 @@ def data_checks(plan: Plan) -> dict:
     task, path = plan.task, plan.run_dir / "data_checks.json"
     checks = plan.cfg.get("checks") or {}
     key = fingerprint(dict(task.data_hashes), OmegaConf.to_container(checks, resolve=True),
-                      {k: p.pattern for k, p in datachecks.PII_PATTERNS.items()}, datachecks.DETECTOR, datachecks.CHECKS)
+                      {k: p.pattern for k, p in datachecks.PII_PATTERNS.items()}, datachecks.DETECTOR,
+                      datachecks.CHECKS)
     if path.exists() and read_json(path).get("key") == key:
         return read_json(path)
     encode = plan.models.encoder() if checks.get("near_duplicates", True) else None
