@@ -35,29 +35,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 print = functools.partial(print, flush=True)  # noqa: A001
 
 
-def hf_batch(examples, pad: int):
-    """Right-padded whole sequences with labels on the target only: what DataCollatorForSeq2Seq hands Trainer."""
-    import torch
+def step_fn(engine: str, model, lm, prefix):
+    """One training step's loss for `engine` on a list of encoded examples."""
+    from lora_train import trainer_rows
 
-    width = max(len(e.ids) for e in examples)
-    ids = torch.tensor([e.ids + [pad] * (width - len(e.ids)) for e in examples])
-    mask = torch.tensor([[1] * len(e.ids) + [0] * (width - len(e.ids)) for e in examples])
-    labels = torch.tensor([[-100] * (len(e.ids) - e.target_len) + e.ids[-e.target_len:] + [-100] * (width - len(e.ids))
-                           for e in examples])
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def step_fn(engine: str, model, pad: int, prefix):
-    """One training step's loss for `engine` on a list of encoded examples, and the real tokens it covers."""
     from harness.lm.train_data import collate, target_loss
 
     def ours(examples):
-        batch = collate(examples, pad, "cpu", prefix)
+        batch = collate(examples, lm.tokenizer.pad_token_id, "cpu", prefix)
         loss, n = target_loss(model, batch, True)
         return loss / max(1, n)
 
-    def hf(examples):
-        return model(**hf_batch(examples, pad)).loss
+    def hf(examples):  # the rows and right-padding collator bench/lora_train.py gives Trainer
+        rows, collator = trainer_rows(lm, examples)
+        return model(**collator(rows)).loss
 
     return ours if engine == "ours" else hf
 
@@ -86,7 +77,7 @@ def measure(engine: str, lm, cfg, data, order, prefix, autocast: bool, profiled:
         frozen_weights_in_bf16(model)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
-    step = step_fn(engine, model, lm.tokenizer.pad_token_id, prefix)
+    step = step_fn(engine, model, lm, prefix)
 
     def run(examples):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):

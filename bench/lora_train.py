@@ -213,22 +213,29 @@ def train_with(trainer, clock: Clock, cfg: dict, n_train: int) -> dict:
     return {"curve": clock.curve, "rows": len(trainer.train_dataset), "examples": n_train}
 
 
-def run_hf(lm, cfg: dict, train_pairs, dev_pairs, bf16: bool) -> dict:
-    from peft import get_peft_model
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+def trainer_rows(lm, data) -> tuple[list[dict], object]:
+    """Encoded examples as Trainer's rows (labels -100 on the prompt) and the collator that right-pads them."""
+    from transformers import DataCollatorForSeq2Seq
 
-    from harness.lm.training import encode_pairs
-
-    data, _ = encode_pairs(lm, train_pairs, cfg["max_length"])
     rows = [{"input_ids": e.ids, "attention_mask": [1] * len(e.ids),
              "labels": [-100] * (len(e.ids) - e.target_len) + e.ids[-e.target_len:]} for e in data]
     tokenizer = copy.copy(lm.tokenizer)
     tokenizer.padding_side = "right"
+    return rows, DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100)
+
+
+def run_hf(lm, cfg: dict, train_pairs, dev_pairs, bf16: bool) -> dict:
+    from peft import get_peft_model
+    from transformers import Trainer, TrainingArguments
+
+    from harness.lm.training import encode_pairs
+
+    data, _ = encode_pairs(lm, train_pairs, cfg["max_length"])
+    rows, collator = trainer_rows(lm, data)
     model = get_peft_model(copy.deepcopy(lm.model).float(), lora_config(cfg))
     with tempfile.TemporaryDirectory() as out:
         args = trainer_args(TrainingArguments, cfg, out, bf16, train_sampling_strategy="group_by_length")
-        trainer = Trainer(model=model, args=args, train_dataset=rows,
-                          data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collator)
         result = train_with(trainer, Clock(lm, dev_pairs, cfg["max_length"]), cfg, len(rows))
     return {**result, "tokens": cfg["epochs"] * sum(len(r["input_ids"]) for r in rows),
             "autocast": "bf16" if bf16 else "no"}
