@@ -176,7 +176,7 @@ class Retriever:
         return index
 
     def embed(self, passages: list[Passage], cache_dir: Path, progress=None,
-              what: str = "retrieval: embed corpus") -> tuple[np.ndarray, str, str]:
+              what: str = "embed corpus") -> tuple[np.ndarray, str, str]:
         """The passages' normalised embeddings, loaded from the cache or computed and cached; returns them, their
         cache key and "cached" or "built". Keyed by the embedder and the (id, text) pairs, so every arm embedding
         the same texts shares one entry."""

@@ -35,7 +35,7 @@ class PrepareContext:
     workdir: Path
     cache_dir: Path
     seed: int
-    progress: Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n)
+    progress: Callable[[str, int], Callable[[int], None]]  # (description, total) -> advance(n); the runner prefixes the arm
     checked: dict | None = None  # what the arm's check() returned when the runner ran it (prepare then skips it)
 
 

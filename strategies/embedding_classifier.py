@@ -122,12 +122,12 @@ class EmbeddingClassifier(Strategy):
             self.check(task)
         seed = ctx.seed if self.seed is None else int(self.seed)
         start = time.perf_counter()
-        train_vecs, train_state = self._embed(task.train, ctx, f"{self.name}: embed train")
+        train_vecs, train_state = self._embed(task.train, ctx, "embed train")
         fit, dev, dev_source = self._dev_split(task, seed)
         row = {ex.id: i for i, ex in enumerate(task.train)}
         embedded = {"train": train_state}
         if task.split("dev"):
-            dev_vecs, embedded["dev"] = self._embed(dev, ctx, f"{self.name}: embed dev")
+            dev_vecs, embedded["dev"] = self._embed(dev, ctx, "embed dev")
         else:
             dev_vecs = train_vecs[[row[ex.id] for ex in dev]] if dev else None
         embed_s = time.perf_counter() - start

@@ -84,6 +84,7 @@ class CountingArm(Strategy):
 
     def prepare(self, ctx) -> dict:
         CountingArm.prepared.append(ctx.checked)
+        ctx.progress("train LoRA", 1)(1)  # what the trainer and the retriever label their bars with
         self.label = ctx.task.labels[0]
         return {"summary": "first label"}
 
@@ -124,6 +125,25 @@ def test_runner_checks_each_arm_once_and_hands_the_result_to_prepare(tmp_path):
     assert CountingArm.prepared == [{"checked_by": n} for n in ["count", "twice@seed1", "twice@seed2"]]
     assert not any(r.failed for r in comparison.arms.values()) and comparison.arms["twice"].is_mean
     assert comparison.model["backend"] == "no LLM"  # no arm uses an LLM: none was loaded
+
+
+def test_progress_lines_of_a_prepare_name_the_arm(tmp_path, monkeypatch):
+    """combined trains a LoRA adapter and embeds a corpus: its bars must say combined, not lora or retrieval."""
+    from contextlib import contextmanager
+
+    from harness.report import display
+
+    described = []
+
+    @contextmanager
+    def recording():
+        yield lambda what, total: (described.append(what), lambda n=1: None)[1]
+
+    monkeypatch.setattr(display, "progress", recording)
+    cfg = _cfg(tmp_path, {"combined": {"_target_": f"{__name__}.CountingArm"}})
+    Runner(cfg, tmp_path / "run").run()
+    assert "combined: train LoRA" in described
+    assert all(what.startswith("combined: ") for what in described), described
 
 
 def test_a_target_outside_the_protocol_is_refused_in_one_line(tmp_path):

@@ -120,8 +120,8 @@ def train_lora(lm, train_pairs: Sequence[tuple[str, str]], dev_pairs: Sequence[t
     fit = Fit.start(lm, model, cfg, precision, plan, prefix)
     kind = "full_ft" if full else "lora"
     start = time.perf_counter()
-    advance = progress(f"{kind}: train" + (f" (≤ {plan.epoch_cap} ep)" if cfg.auto_epochs else ""),
-                       plan.steps_per_epoch * plan.epoch_cap) if progress else None
+    label = ("train all weights" if full else "train LoRA") + (f" (≤ {plan.epoch_cap} ep)" if cfg.auto_epochs else "")
+    advance = progress(label, plan.steps_per_epoch * plan.epoch_cap) if progress else None
     history, best_state, stop_reason = fit_epochs(fit, train, dev, rng, plan, dev_metric, advance)
     wall = time.perf_counter() - start
     save_best(fit, lm, best_state, out_dir, full)

@@ -123,7 +123,8 @@ def _prepare(arm: ArmPlan, run: ArmRun) -> tuple[dict, float]:
     """The strategy's prepare (with what its check resolved), timed and recorded in prepare.json."""
     plan, task = run.plan, run.plan.task
     ctx = PrepareContext(task=task, lm=arm.lm, workdir=plan.run_dir / arm.name, cache_dir=plan.models.cache_dir,
-                         seed=plan.seed, progress=run.bars, checked=arm.checked)
+                         seed=plan.seed, progress=lambda what, total: run.bars(f"{arm.name}: {what}", total),
+                         checked=arm.checked)  # progress lines name the arm (combined trains a LoRA adapter too)
     start = time.perf_counter()
     report = arm.strategy.prepare(ctx)
     prepare_s = time.perf_counter() - start
