@@ -121,7 +121,7 @@ class Training:
     # what a strategy's prepare report (`report["training"]`) contributes to the arm's result
     REPORTED = ("wall_s", "tokens_seen", "tokens_per_s", "peak_memory_mb", "peak_memory_kind", "device", "autocast",
                 "trainable_parameters", "train_examples", "dev_examples", "best_epoch", "epochs_run", "stop_reason",
-                "optimizer_steps", "method", "history")
+                "optimizer_steps", "method", "history", "warnings")
 
     @classmethod
     def from_report(cls, training: Mapping | None, cached: bool) -> Training | None:

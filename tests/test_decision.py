@@ -265,6 +265,28 @@ def test_forgetting_leakage_pii_and_few_examples_become_caveats():
     assert "@" not in caveats  # PII values are never printed
 
 
+def test_a_fine_tuned_arm_perhaps_short_of_its_best_is_a_caveat():
+    """Read from the recorded epochs (old result folders have them too), not from the trainer's warnings."""
+    def curve(losses):
+        return [{"epoch": i + 1, "train_loss": 1.0, "dev_loss": x} for i, x in enumerate(losses)]
+
+    def caveats(training):
+        ev = _evidence({"rag": (_pattern(200, 150), 10, None), "lora": (_pattern(200, 120), 10, training)})
+        return " ".join(decide.decide(ev, CFG, decide.Settings(resamples=300))["verdict"]["caveats"])
+
+    capped = {**TRAINING, "history": curve([0.9, 0.7]), "best_epoch": 2, "epochs_run": 2, "stop_reason": "fixed epochs"}
+    assert "Possibly undertrained: lora's dev loss was still improving at its last epoch (2, stopped: fixed epochs)" \
+        in caveats(capped)
+    first = {**TRAINING, "history": curve([0.5, 0.7, 0.9]), "best_epoch": 1, "epochs_run": 3, "stop_reason": "plateau"}
+    assert "Possibly past its best: lora's dev loss was best after the first of 3 epochs" in caveats(first)
+    middle = {**TRAINING, "history": curve([0.9, 0.5, 0.7, 0.8]), "best_epoch": 2, "epochs_run": 4,
+              "stop_reason": "plateau"}
+    plateau_at_cap = {**capped, "stop_reason": "plateau"}  # best at the last epoch, but patience said stop
+    one_epoch = {**TRAINING, "history": curve([0.5]), "best_epoch": 1, "epochs_run": 1, "stop_reason": "fixed epochs"}
+    for fine in (middle, plateau_at_cap, one_epoch, TRAINING):
+        assert "Possibly" not in caveats(fine)
+
+
 def test_no_fine_tuned_arm_says_so():
     ev = _evidence({"few": (_pattern(100, 40), 10, None), "rag": (_pattern(100, 70), 5, None)})
     v = decide.decide(ev, CFG, decide.Settings(resamples=500))["verdict"]

@@ -24,6 +24,7 @@ def test_auto_epochs_stop_on_a_plateau_once_the_step_floor_is_reached(tiny_model
     assert report["stop_reason"] == "plateau" and report["patience"] == 2  # auto patience: 2 with epochs auto
     assert report["epochs_run"] == 3 and report["best_epoch"] == 1 and report["optimizer_steps"] == 6
     assert report["lr_schedule"] == "warm-up, then constant"
+    assert any("best after the first epoch" in w for w in report["warnings"])
     floored = _train(tiny_model, tmp_path / "b", flat, epochs="auto", min_steps=20, max_epochs=20)
     assert floored["stop_reason"] == "plateau" and floored["optimizer_steps"] == 20 and floored["epochs_run"] == 10
     assert floored["min_steps"] == 20 and [r["optimizer_steps"] for r in floored["history"]][:2] == [2, 4]
@@ -34,6 +35,7 @@ def test_auto_epochs_stop_at_the_cap_while_still_improving(tiny_model, tmp_path)
     report = _train(tiny_model, tmp_path, rising, epochs="auto", min_steps=0, max_epochs=4)
     assert report["stop_reason"] == "max_epochs" and report["epochs_run"] == 4 and report["best_epoch"] == 4
     assert any("still improving" in w for w in report["warnings"])
+    assert not any("first epoch" in w for w in report["warnings"])
 
 
 def test_a_number_of_epochs_works_as_before(tiny_model, tmp_path):

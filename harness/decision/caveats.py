@@ -1,6 +1,6 @@
 """The verdict's caveats: what a reader should know before acting on it (held-out size, broken arms, forgetting,
-leakage, answers seen in training, personal data, format failures, few training examples, seed spread, truncation,
-example prices). Pure."""
+leakage, answers seen in training, personal data, format failures, few training examples, a training run that may
+have stopped short of its best, seed spread, truncation, example prices). Pure."""
 
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def caveats(*, ev, s, cost_cfg, names: Sequence[str], score: Mapping[str, float]
         if seen is not None and seen < s.few_train_examples:
             out.append(f"Few training examples: {arm} trained on {seen} (< {s.few_train_examples}); its score "
                        f"may move a lot with more or different data.")
+        out.extend(_training_caveats(arm, training))
         spread = (ev.arms[arm].metrics_seed_std or {}).get(primary)
         if spread and arm != choice and abs(score[arm] - score[choice]) < 2 * spread:
             out.append(f"Seed spread: {arm} varies by ±{spread:.3f} between training seeds, as much as its "
@@ -72,3 +73,20 @@ def caveats(*, ev, s, cost_cfg, names: Sequence[str], score: Mapping[str, float]
     if cost_cfg.example:
         out.append("Prices are the shipped examples (conf/cost/example.yaml): set your own before quoting a cost.")
     return list(dict.fromkeys(out))
+
+
+def _training_caveats(arm: str, training) -> list[str]:
+    """A fine-tuned arm that may not be at its strongest, read from the recorded epochs (so older runs get it too):
+    best at the last epoch without a plateau (undertrained), or best at the first of several (perhaps before it)."""
+    if not training or not training.best_epoch or not training.epochs_run or training.epochs_run < 2:
+        return []
+    history = training.history or []
+    what = "dev metric" if any(r.get("dev_metric") is not None for r in history) else "dev loss"
+    if training.best_epoch == training.epochs_run and training.stop_reason != "plateau":
+        return [f"Possibly undertrained: {arm}'s {what} was still improving at its last epoch "
+                f"({training.epochs_run}, stopped: {training.stop_reason}); more epochs may raise its score."]
+    if training.best_epoch == 1:
+        return [f"Possibly past its best: {arm}'s {what} was best after the first of {training.epochs_run} epochs "
+                f"and worse after it, so its best point may lie within that epoch; a lower learning_rate may "
+                f"train a better adapter, and the verdict may understate fine-tuning."]
+    return []

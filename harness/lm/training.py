@@ -156,12 +156,17 @@ def save_best(fit: Fit, lm, best_state: dict, out_dir: Path, full: bool) -> None
 
 def training_warnings(history: list[dict], best_epoch: int, stop_reason: str, has_metric: bool,
                       cfg: TrainConfig) -> list[str]:
-    """Memorising (train loss far below dev loss), or still improving when training stopped."""
+    """Memorising (train loss far below dev loss); best at the first epoch, so perhaps before it; or still improving
+    when training stopped."""
     last, warnings = history[-1], []
+    what = "metric" if has_metric else "loss"
     if last["train_loss"] < 0.25 * last["dev_loss"]:
         warnings.append(f"memorising: train loss {last['train_loss']:.3f} is far below dev loss "
                         f"{last['dev_loss']:.3f}")
+    if best_epoch == 1 and len(history) > 1:
+        warnings.append(f"dev {what} best after the first epoch and worse after it: the best point may lie within "
+                        f"that epoch (a lower learning_rate may train a better model)")
     if stop_reason != "plateau" and best_epoch == last["epoch"] and len(history) > 1:
-        warnings.append(f"dev {'metric' if has_metric else 'loss'} still improving at the last epoch "
+        warnings.append(f"dev {what} still improving at the last epoch "
                         f"({last['epoch']}): more epochs may help" + (" (max_epochs)" if cfg.auto_epochs else ""))
     return warnings

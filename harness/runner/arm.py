@@ -114,6 +114,8 @@ def run_arm(arm: ArmPlan, run: ArmRun) -> ArmResult:
     write_json(folder / "metrics.json", metrics)
     write_json(folder / "usage.json", usage.to_json())
     _warn_about_usage(arm.name, usage)
+    for warning in (report.get("training") or {}).get("warnings") or []:  # memorising, best at epoch 1, undertrained
+        display.status(f"[yellow]warning:[/yellow] {arm.name}: training: {warning}")
     return ArmResult.measured(arm.name, summary=report.get("summary", ""), metrics=metrics["metrics"],
                               n=metrics["n"], prepare_s=prepare_s, usage=usage, model=arm.model,
                               training=Training.from_report(report.get("training"), report.get("cached", False)))
