@@ -285,6 +285,14 @@ def test_a_fine_tuned_arm_perhaps_short_of_its_best_is_a_caveat():
     one_epoch = {**TRAINING, "history": curve([0.5]), "best_epoch": 1, "epochs_run": 1, "stop_reason": "fixed epochs"}
     for fine in (middle, plateau_at_cap, one_epoch, TRAINING):
         assert "Possibly" not in caveats(fine)
+    ev = _evidence({"rag": (_pattern(200, 150), 10, None), "lora": (_pattern(200, 120), 10, first),
+                    "combined": (_pattern(200, 130), 10, {**first, "epochs_run": 6})})
+    both = [c for c in decide.decide(ev, CFG, decide.Settings(resamples=300))["verdict"]["caveats"]
+            if c.startswith("Possibly past its best")]
+    assert both == ["Possibly past its best: lora's dev loss was best after the first of 3 epochs; combined's dev "
+                    "loss was best after the first of 6 epochs, and worse after it, so the best point may lie "
+                    "within that epoch; a lower learning_rate may train a better adapter, and the verdict may "
+                    "understate fine-tuning."]  # one caveat naming both arms
 
 
 def test_no_fine_tuned_arm_says_so():

@@ -56,13 +56,13 @@ def caveats(*, ev, s, cost_cfg, names: Sequence[str], score: Mapping[str, float]
             out.append(f"Format failures: {arm} gave no valid label on {m['invalid_rate']:.1%} of examples.")
         if "valid_json_rate" in m and m["valid_json_rate"] < 1:
             out.append(f"Format failures: {arm} produced invalid JSON on {1 - m['valid_json_rate']:.1%} of examples.")
+    out.extend(_training_caveats({arm: ev.arms[arm].training for arm in tuned}))
     for arm in tuned:
         training = ev.arms[arm].training
         seen = training.train_examples if training else None
         if seen is not None and seen < s.few_train_examples:
             out.append(f"Few training examples: {arm} trained on {seen} (< {s.few_train_examples}); its score "
                        f"may move a lot with more or different data.")
-        out.extend(_training_caveats(arm, training))
         spread = (ev.arms[arm].metrics_seed_std or {}).get(primary)
         if spread and arm != choice and abs(score[arm] - score[choice]) < 2 * spread:
             out.append(f"Seed spread: {arm} varies by ±{spread:.3f} between training seeds, as much as its "
@@ -75,18 +75,25 @@ def caveats(*, ev, s, cost_cfg, names: Sequence[str], score: Mapping[str, float]
     return list(dict.fromkeys(out))
 
 
-def _training_caveats(arm: str, training) -> list[str]:
-    """A fine-tuned arm that may not be at its strongest, read from the recorded epochs (so older runs get it too):
-    best at the last epoch without a plateau (undertrained), or best at the first of several (perhaps before it)."""
-    if not training or not training.best_epoch or not training.epochs_run or training.epochs_run < 2:
-        return []
-    history = training.history or []
-    what = "dev metric" if any(r.get("dev_metric") is not None for r in history) else "dev loss"
-    if training.best_epoch == training.epochs_run and training.stop_reason != "plateau":
-        return [f"Possibly undertrained: {arm}'s {what} was still improving at its last epoch "
-                f"({training.epochs_run}, stopped: {training.stop_reason}); more epochs may raise its score."]
-    if training.best_epoch == 1:
-        return [f"Possibly past its best: {arm}'s {what} was best after the first of {training.epochs_run} epochs "
-                f"and worse after it, so its best point may lie within that epoch; a lower learning_rate may "
-                f"train a better adapter, and the verdict may understate fine-tuning."]
-    return []
+def _training_caveats(trainings: Mapping) -> list[str]:
+    """Fine-tuned arms that may not be at their strongest, read from the recorded epochs (so older runs get it too):
+    best at the last epoch without a plateau (undertrained), or best at the first of several (perhaps before it).
+    One caveat per kind, naming every arm it concerns."""
+    short, past = [], []
+    for arm, t in trainings.items():
+        if not t or not t.best_epoch or not t.epochs_run or t.epochs_run < 2:
+            continue
+        what = "dev metric" if any(r.get("dev_metric") is not None for r in t.history or []) else "dev loss"
+        if t.best_epoch == t.epochs_run and t.stop_reason != "plateau":
+            short.append(f"{arm}'s {what} was still improving at its last epoch ({t.epochs_run}, stopped: "
+                         f"{t.stop_reason})")
+        elif t.best_epoch == 1:
+            past.append(f"{arm}'s {what} was best after the first of {t.epochs_run} epochs")
+    out = []
+    if short:
+        out.append(f"Possibly undertrained: {'; '.join(short)}; more epochs may raise {'its score' if len(short) == 1 else 'their scores'}.")
+    if past:
+        out.append(f"Possibly past its best: {'; '.join(past)}, and worse after it, so the best point may lie "
+                   f"within that epoch; a lower learning_rate may train a better adapter, and the verdict may "
+                   f"understate fine-tuning.")
+    return out
