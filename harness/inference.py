@@ -9,7 +9,7 @@ import time
 from typing import Sequence
 
 from harness import kinds
-from harness.report.display import status
+from harness.console import status
 from harness.errors import ConfigError
 from harness.lm import GENERATE, SCORE
 from harness.prompts import target_text

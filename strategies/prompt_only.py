@@ -12,7 +12,7 @@ from typing import Sequence
 
 from harness.lm import constrained as constrained_decoding
 from harness import inference, kinds
-from harness.report.display import status
+from harness.console import status
 from harness.errors import ConfigError
 from harness.prompts import build_messages, pick_demos, template_from_config
 from harness.strategy import PrepareContext, Prediction, Strategy

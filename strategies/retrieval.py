@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from harness.lm import constrained as constrained_decoding
 from harness import inference
-from harness.report.display import status
+from harness.console import status
 from harness.errors import ConfigError
 from harness.prompts import PromptTemplate, build_messages, pick_demos, template_from_config
 from harness.strategy import PrepareContext, Prediction, Strategy

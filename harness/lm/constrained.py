@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 from harness import kinds
 # JSON_SCHEMA, LABELS, Constraint, fields_schema and thaw are also named as constrained.X by backends and tests
 from harness.answer_constraint import JSON_SCHEMA, LABELS, Constraint, fields_schema, thaw  # noqa: F401
-from harness.report.display import status
+from harness.console import status
 from harness.errors import ConfigError
 
 # Keywords that describe but never constrain: ignored by every grammar and harmless to leave out.

@@ -33,7 +33,7 @@ from typing import Sequence
 import httpx
 
 from harness.lm import constrained
-from harness.report.display import status
+from harness.console import status
 from harness.errors import ConfigError, HarnessError
 from harness.lm import GENERATE, LM, Generation, cut_answer
 

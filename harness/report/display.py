@@ -6,20 +6,18 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from rich.console import Console, Group
+from rich.console import Group
 from rich.markup import escape
 from rich.panel import Panel
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness.console import console, status  # noqa: F401  (display.status and display.console for the CLI)
 from harness.records import Comparison
 from harness.report.rows import arm_rows
 from harness.decision.verdict import fmt, money
 
-console = Console()
-if not console.is_terminal:  # logs and CI: wide enough that the comparison table is not squeezed
-    console = Console(width=160)
 
 
 class PlainProgress:
@@ -76,10 +74,6 @@ def progress(plain: bool | None = None) -> Iterator[Callable[[str, int], Callabl
             yield start
     else:
         yield PlainProgress
-
-
-def status(message: str) -> None:
-    console.print(f"[dim]• {message}[/dim]")
 
 
 def error(message: str) -> None:
