@@ -41,11 +41,19 @@ def aggregate(task_type: str, records: Sequence[Mapping], labels: Sequence[str] 
     if not records:
         return {}
     metrics = kinds.get(task_type).aggregate(records, labels)
-    extra = sorted({k for r in records[:1] for k in r if k.startswith("recall@")})
-    metrics.update({k: mean(records, k) for k in extra})
-    if "reciprocal_rank" in records[0]:
-        metrics["mrr"] = mean(records, "reciprocal_rank")
+    metrics.update(retrieval_means(records))
     return metrics
+
+
+def retrieval_means(records: Sequence[Mapping]) -> dict[str, float]:
+    """recall@k and MRR over per-example records that hold retrieval values (retrieval_per_example's keys); {}
+    when they hold none."""
+    if not records:
+        return {}
+    means = {k: mean(records, k) for k in sorted(k for k in records[0] if k.startswith("recall@"))}
+    if "reciprocal_rank" in records[0]:
+        means["mrr"] = mean(records, "reciprocal_rank")
+    return means
 
 
 def score_arm(task: Any, examples: Sequence[Any], outputs: Sequence[str],
@@ -82,7 +90,4 @@ def retrieval_per_example(gold: Sequence[Sequence[str]], ranked: Sequence[Sequen
 
 def retrieval_metrics(gold: Sequence[Sequence[str]], ranked: Sequence[Sequence[str]], ks: Sequence[int] = (1, 5)) -> dict:
     """recall@k and MRR averaged over examples (see retrieval_per_example)."""
-    records = retrieval_per_example(gold, ranked, ks)
-    if not records:
-        return {}
-    return {**{f"recall@{k}": mean(records, f"recall@{k}") for k in ks}, "mrr": mean(records, "reciprocal_rank")}
+    return retrieval_means(retrieval_per_example(gold, ranked, ks))
