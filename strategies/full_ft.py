@@ -19,7 +19,7 @@ from harness.lm import TRAIN
 from harness.prompts import template_from_config
 from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example
-from strategies.lora import (ARM_KEYS, InstructionPrompts, arm_settings, cache_folder, dev_metric, split_dev,
+from strategies.lora import (ARM_KEYS, MEMORY_ONLY, InstructionPrompts, arm_settings, cache_folder, dev_metric, split_dev,
                              stop_words, train_cached, training_pairs)
 
 # fp32 weights 4 + gradients 4 + AdamW's two moments 8 + the best epoch's copy 4 bytes; activations come on top
@@ -49,7 +49,7 @@ class FullFT(Strategy):
         self.lm = None  # the tuned model, after prepare
 
     def describe(self) -> dict:
-        return {"kind": "full_ft", **{k: v for k, v in self.train_config.items() if k not in LORA_ONLY},
+        return {"kind": "full_ft", **{k: v for k, v in self.train_config.items() if k not in LORA_ONLY + MEMORY_ONLY},
                 "dev_fraction": self.dev_fraction, "select_on": self.select_on, "seed": self.seed,
                 "decode": self.decode, "max_new_tokens": self.max_new_tokens, **self.prompts.describe(),
                 **constrained_decoding.describe(self.constraint)}

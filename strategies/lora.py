@@ -101,6 +101,10 @@ def dev_metric(task: Task, prompts, dev: Sequence[Example], mode: str, new_token
 CONF = Path(__file__).resolve().parent.parent / "conf" / "strategies"
 RUNNER_KEYS = ("_target_", "defaults", "seeds", "model")  # read by Hydra or the runner, never passed to the arm
 ARM_KEYS = ("dev_fraction", "select_on", "merge", "seed", "decode", "max_new_tokens", "template", "constrained")  # not training
+# Training settings that bound memory without changing what is trained (the same gradient, summed in another order):
+# left out of the arms' fingerprints and the trained artefacts' cache keys, so changing one neither refuses a resume
+# nor retrains.
+MEMORY_ONLY = ("max_step_tokens",)
 
 
 @functools.cache
@@ -176,7 +180,8 @@ class LoRA(Strategy):
         self.lm = None  # the tuned model, after prepare
 
     def describe(self) -> dict:
-        return {"kind": "lora", **{k: list(v) if isinstance(v, tuple) else v for k, v in self.train_config.items()},
+        return {"kind": "lora", **{k: list(v) if isinstance(v, tuple) else v for k, v in self.train_config.items()
+                                   if k not in MEMORY_ONLY},
                 "dev_fraction": self.dev_fraction, "select_on": self.select_on, "merge": self.merge,
                 "seed": self.seed, "decode": self.decode, "max_new_tokens": self.max_new_tokens,
                 **self.prompts.describe(), **constrained_decoding.describe(self.constraint)}

@@ -105,7 +105,9 @@ def test_shared_prefix_loss_and_gradients_equal_the_plain_path(tiny_model):
         grads.append((float(loss), n, [q.grad.clone() for q in model.parameters() if q.requires_grad]))
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-4) and grads[0][1] == grads[1][1]
     for a, b in zip(grads[0][2], grads[1][2]):
-        assert torch.allclose(a, b, atol=1e-5, rtol=1e-3)
+        # float32 in another summation order: relative to the tensor's size (an element near 0 can differ by 1e-4
+        # when the largest is 44), where a missing or doubled prefix gradient would be off by whole percents
+        assert float((a - b).norm()) <= 1e-5 * float(b.norm())
 
 
 def test_dev_carve_out_is_stratified_and_small_train_is_refused(tmp_path):

@@ -69,11 +69,12 @@ def test_lora_yaml_is_the_one_source_and_combined_and_full_ft_inherit_every_key(
     lora, combined, full = arms["lora"], arms["combined"], arms["full_ft"]
     assert {k: v for k, v in lora.items() if k not in ("_target_", "seeds")} == lora_defaults()  # seeds: the runner's
     for k, v in lora.items():
-        if k not in ("_target_", "max_length"):
+        if k not in ("_target_", "max_length", "max_step_tokens"):
             assert combined[k] == v, k
         if k not in ("_target_", "learning_rate"):
             assert full[k] == v, k
     assert combined["max_length"] == 1024 and combined["retriever"]["_target_"] == "harness.retriever.Retriever"
+    assert combined["max_step_tokens"] == 2048 < lora["max_step_tokens"]
     assert full["learning_rate"] < lora["learning_rate"] and full["max_memory_gb"] is None
     # an override of lora's default on the command line reaches only the arm it names
     changed = _compose("strategies=[lora,combined]", "strategies.lora.rank=4")
@@ -86,3 +87,14 @@ def test_unknown_lora_key_is_one_line_naming_the_key():
     assert "strategies.lora.ranks" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="strategies.combined.epoch'"):
         LoRA(name="combined", epoch=3)
+
+
+def test_max_step_tokens_bounds_memory_and_stays_out_of_the_fingerprint():
+    """It changes how a batch is run, not what is trained: an arm resumes, and a cached adapter is reused, whatever
+    it is set to; a setting that does change training (rank) changes the fingerprint."""
+    assert LoRA(max_step_tokens=512).describe() == LoRA().describe()
+    assert "max_step_tokens" not in LoRA().describe() and LoRA(rank=4).describe() != LoRA().describe()
+    with pytest.raises(ConfigError, match="max_step_tokens"):
+        from harness.lm.train_config import TrainConfig
+
+        TrainConfig.from_settings({**lora_defaults(), "max_step_tokens": 0})

@@ -37,6 +37,7 @@ class TrainConfig:
     target_only_logits: bool
     shared_prefix: bool          # run the prompt prefix all examples share once per batch
     qlora: bool                  # 4-bit base (bitsandbytes), CUDA only
+    max_step_tokens: int         # a batch over this many padded tokens runs as micro-batches (same gradient)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> "TrainConfig":
@@ -50,7 +51,7 @@ class TrainConfig:
         return cls(**{**values, "target_modules": tuple(values["target_modules"])})
 
     def __post_init__(self):
-        for name in ("rank", "alpha", "batch_size", "grad_accum", "max_length", "max_epochs"):
+        for name in ("rank", "alpha", "batch_size", "grad_accum", "max_length", "max_epochs", "max_step_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"must be ≥ 1, got {getattr(self, name)}", field=name)
         for name in ("epochs", "patience"):

@@ -46,6 +46,20 @@ def batches(data: Sequence[Encoded], size: int, rng: random.Random, group_by_len
     return out
 
 
+def micro_batches(rows: Sequence[Encoded], max_tokens: int) -> list[list[Encoded]]:
+    """A batch's rows in parts whose padded size (rows × longest row) stays within max_tokens; a row longer than
+    that is a part of its own. One part when the batch fits, so small batches run exactly as before."""
+    if len(rows) * max(len(e.ids) for e in rows) <= max_tokens:
+        return [list(rows)]
+    parts: list[list[Encoded]] = []
+    for e in sorted(rows, key=lambda e: len(e.ids)):  # longest last: a part's width is its last row's length
+        if parts and (len(parts[-1]) + 1) * len(e.ids) <= max_tokens:
+            parts[-1].append(e)
+        else:
+            parts.append([e])
+    return parts
+
+
 def shared_prefix(data: Sequence[Encoded], minimum: int = 16) -> list[int]:
     """The token prefix every sequence shares inside its prompt (e.g. the system instruction), or []."""
     limit = min(len(e.ids) - e.target_len for e in data) - 1  # each row keeps ≥ 1 prompt token of its own

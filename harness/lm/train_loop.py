@@ -15,7 +15,7 @@ from accelerate.state import AcceleratorState
 from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from harness.lm.train_config import TrainConfig
-from harness.lm.train_data import Encoded, batches, collate, target_loss
+from harness.lm.train_data import Encoded, batches, collate, micro_batches, target_loss
 
 DevMetric = Callable[[torch.nn.Module], float]
 
@@ -102,6 +102,10 @@ class Fit:
     def batch(self, examples: Sequence[Encoded]) -> dict:
         return collate(examples, self.pad, self.accelerator.device, self.prefix)
 
+    def parts(self, examples: Sequence[Encoded]) -> list[dict]:
+        """The batch as collated micro-batches within cfg.max_step_tokens (one when it fits)."""
+        return [self.batch(part) for part in micro_batches(examples, self.cfg.max_step_tokens)]
+
     def trained_state(self) -> dict:
         """A copy of the trained weights (the adapter's, or every weight): the best epoch's, restored at the end."""
         return {k: v.detach().clone() for k, v in self.unwrapped.state_dict().items() if k in self.trained_names}
@@ -114,21 +118,27 @@ def train_epoch(fit: Fit, train: Sequence[Encoded], rng: random.Random, epoch: i
     loss_sum, count = 0.0, 0
     for idx in batches(train, cfg.batch_size, rng, cfg.group_by_length):
         step_start = time.perf_counter()
-        batch = fit.batch([train[i] for i in idx])
+        parts = fit.parts([train[i] for i in idx])
+        # Every part's summed loss over the whole batch's target tokens: the parts' gradients add up to the batch's.
+        n = sum(int((part["labels"][:, 1:] != -100).sum()) for part in parts)
         with accelerator.accumulate(model), accelerator.autocast():
-            loss, n = target_loss(model, batch, cfg.target_only_logits)
-            per_token = float(loss.detach()) / max(1, n)
-            if not math.isfinite(per_token) or (count and per_token > 50):
+            loss = 0.0
+            for part in parts:
+                part_loss, _ = target_loss(model, part, cfg.target_only_logits)
+                accelerator.backward(part_loss / max(1, n))
+                loss += float(part_loss.detach())
+            per_token = loss / max(1, n)
+            if not math.isfinite(per_token) or (count and per_token > 50):  # before the step: no weight changes
                 raise TrainingDiverged(f"training loss became {per_token:.3g} in epoch {epoch}; "
                                        f"lower learning_rate (now {cfg.learning_rate})")
-            accelerator.backward(loss / max(1, n))
             if cfg.max_grad_norm and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             fit.updates += int(accelerator.sync_gradients)
             fit.optimizer.step()
             fit.scheduler.step()
             fit.optimizer.zero_grad()
-        loss_sum, count, fit.tokens_seen = loss_sum + float(loss.detach()), count + n, fit.tokens_seen + batch["tokens"]
+        loss_sum, count = loss_sum + loss, count + n
+        fit.tokens_seen += sum(part["tokens"] for part in parts)
         fit.step_s += time.perf_counter() - step_start
         if advance:
             advance(1)
