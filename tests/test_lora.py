@@ -206,3 +206,48 @@ def test_arms_of_different_precisions_train_one_after_another_in_one_process(tin
                                                   "batch_size": 4})
         report = training.train_lora(lm, pairs[:8], pairs[8:], cfg, tmp_path / f"run{i}", seed=0)
         assert report["autocast"] == ("bf16" if dtype == "bf16" else "no")
+
+
+def test_micro_batches_keep_every_row_once_and_each_part_within_the_budget():
+    from harness.lm.train_data import Encoded, micro_batches
+
+    rows = [Encoded(list(range(n)), 2) for n in (5, 9, 3, 12, 7, 7)]
+    assert micro_batches(rows, 6 * 12) == [rows]  # fits: the batch as it is, in its order
+    parts = micro_batches(rows, 20)
+    assert sorted(len(e.ids) for p in parts for e in p) == sorted(len(e.ids) for e in rows)
+    assert all(len(p) * max(len(e.ids) for e in p) <= 20 or len(p) == 1 for p in parts)
+    assert [len(p) for p in micro_batches(rows, 1)] == [1] * 6  # a row over the budget is a part of its own
+
+
+def test_a_batch_run_as_micro_batches_trains_the_same_adapter(tiny_model, tmp_path, monkeypatch):
+    """max_step_tokens bounds memory only: a batch split into micro-batches (each row alone) must give the losses and
+    the adapter of the whole batch, up to the order floats are summed in; the shared prefix runs once per part."""
+    import harness.lm.train_loop as train_loop
+    import harness.lm.training as training
+    from safetensors.torch import load_file
+
+    lm = TransformersLM(str(tiny_model))
+    task = _keyword_task(tmp_path / "task", n_train=20, n_heldout=2)
+    rng = random.Random(1)  # rows of different lengths, so parts are padded differently from the whole batch
+    pairs = [(lm.render([{"role": "system", "content": "Answer with the label."},
+                         {"role": "user", "content": ex.input + " ok" * rng.randrange(8)}]), ex.target)
+             for ex in task.train]
+    calls = []
+    real_loss = train_loop.target_loss
+    monkeypatch.setattr(train_loop, "target_loss", lambda model, batch, target_only: (
+        model.training and calls.append(batch["input_ids"].shape[0]), real_loss(model, batch, target_only))[1])
+    runs = {}
+    for name, budget in (("whole", 4096), ("rows", 1)):
+        cfg = training.TrainConfig.from_settings({**lora_defaults(), **FAST, "dtype": "fp32", "epochs": 2,
+                                                  "patience": 3, "batch_size": 4, "max_step_tokens": budget})
+        calls.clear()
+        report = training.train_lora(lm, pairs[:16], pairs[16:], cfg, tmp_path / name, seed=0)
+        runs[name] = (report, load_file(str(tmp_path / name / "adapter_model.safetensors")), list(calls))
+    (whole, w_whole, c_whole), (rows, w_rows, c_rows) = runs["whole"], runs["rows"]
+    assert set(c_whole) == {4} and set(c_rows) == {1} and len(c_rows) == 4 * len(c_whole)  # training steps split
+    assert whole["shared_prefix_tokens"] > 0 and whole["tokens_seen"] == rows["tokens_seen"]
+    for a, b in zip(whole["history"], rows["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["dev_loss"] == pytest.approx(b["dev_loss"], rel=1e-5)
+    assert w_whole.keys() == w_rows.keys()
+    assert all(torch.allclose(w_whole[k], w_rows[k], atol=1e-5, rtol=1e-4) for k in w_whole)
