@@ -19,7 +19,6 @@ from harness.report.rows import arm_rows
 from harness.decision.verdict import fmt, money
 
 
-
 class PlainProgress:
     """Progress as plain lines for logs (CI, nohup, a Slurm log), where bars would show only at the end: one line
     each time another ~10% is done or `every_s` seconds have passed, and one at the end (done/total, rate, ETA)."""
