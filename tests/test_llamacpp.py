@@ -61,3 +61,33 @@ def test_llamacpp_ends_answers_as_transformers_does(backends):
     for f, e in zip(free, ended):
         assert "\n" not in e.text and f.text.startswith(e.text) and e.output_tokens <= f.output_tokens
     assert sum(e.output_tokens for e in ended) < sum(f.output_tokens for f in free)
+
+
+@pytest.mark.parametrize("cpuinfo,setting,expected", [
+    ("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8", "auto", False),  # Sapphire Rapids: off
+    ("flags\t\t: fpu avx512f avx512_bf16 avx512_vnni", "auto", True),                  # Zen 4: as before
+    ("flags\t\t: fpu avx2", "auto", True),
+    ("flags\t\t: fpu amx_int8", True, True),
+    ("flags\t\t: fpu avx2", False, False),
+])
+def test_extra_weight_buffers_are_off_on_a_cpu_with_amx(cpuinfo, setting, expected):
+    from harness.lm.llamacpp_cpu import use_extra_buffers
+
+    assert use_extra_buffers(setting, cpuinfo) is expected
+
+
+def test_plain_weight_buffers_load_without_extra_buffers_and_restore_the_default():
+    import llama_cpp.llama_cpp as api
+
+    from harness.errors import ConfigError
+    from harness.lm.llamacpp_cpu import plain_weight_buffers, use_extra_buffers
+
+    before = api.llama_model_default_params
+    assert before().use_extra_bufts  # llama.cpp's default: repacked (AMX where compiled in) buffers
+    with plain_weight_buffers():
+        assert not api.llama_model_default_params().use_extra_bufts
+    with plain_weight_buffers(False):
+        assert api.llama_model_default_params is before
+    assert api.llama_model_default_params is before
+    with pytest.raises(ConfigError, match="extra_buffers"):
+        use_extra_buffers("sometimes")

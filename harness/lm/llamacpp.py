@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from harness.lm import constrained
+from harness.lm.llamacpp_cpu import plain_weight_buffers, use_extra_buffers
 from harness.lm import packaged
 from harness.errors import ConfigError
 from harness.lm import (ANSWER_PROBE, GENERATE, LM, PLAIN_ANSWER_END, SCORE, ChoiceScores, Generation,
@@ -39,7 +40,7 @@ class LlamaCppLM(LM):
     capabilities = frozenset({GENERATE, SCORE})
 
     def __init__(self, model_path: str, cache_dir: str | None = None, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_batch: int = 512, chat_template: str = "auto", status=None):
+                 n_batch: int = 512, chat_template: str = "auto", extra_buffers="auto", status=None):
         try:
             from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -51,8 +52,10 @@ class LlamaCppLM(LM):
         self.n_ctx = int(n_ctx)
         # logits_all keeps every position's logits, which label scoring reads; generation does not need them but
         # one Llama serves both, and at n_ctx 2048 the buffer is ~0.4 GB for a 49k vocabulary.
-        self.llm = Llama(str(path), n_ctx=self.n_ctx, n_threads=n_threads, n_batch=int(n_batch), logits_all=True,
-                         verbose=False)
+        self.extra_buffers = use_extra_buffers(extra_buffers)  # off on a CPU with AMX: see llamacpp_cpu.py
+        with plain_weight_buffers(not self.extra_buffers):
+            self.llm = Llama(str(path), n_ctx=self.n_ctx, n_threads=n_threads, n_batch=int(n_batch),
+                             logits_all=True, verbose=False)
         template = self.llm.metadata.get("tokenizer.chat_template")
         if chat_template not in ("auto", "on", "off"):
             raise ConfigError(f"must be auto, on or off, got {chat_template!r}", field="model.chat_template")
@@ -115,7 +118,8 @@ class LlamaCppLM(LM):
     def describe(self) -> dict:
         return {"backend": "llama.cpp", "name_or_path": str(self.model_path), "file": self.file.name,
                 "device": "cpu", "n_ctx": self.n_ctx, "n_threads": self.llm.n_threads,
-                "chat_template": self.use_chat, "answer_end": self.answer_end}
+                "chat_template": self.use_chat, "answer_end": self.answer_end,
+                **({} if self.extra_buffers else {"extra_buffers": False})}  # as before where they are on
 
     def close(self) -> None:
         self.llm.close()

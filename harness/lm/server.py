@@ -29,10 +29,11 @@ class LlamaServer:
     (the fault tests kill and restart it on the same port)."""
 
     def __init__(self, model: str, port: int | None = None, n_ctx: int = 8192, n_threads: int | None = None,
-                 cache_dir: str | None = None, log: Path | None = None):
+                 cache_dir: str | None = None, log: Path | None = None, extra_buffers="auto"):
         self.file = gguf_file(model, Path(cache_dir or os.environ.get("HARNESS_CACHE", "~/.cache/harness")).expanduser())
         self.port = port or free_port()
         self.n_ctx, self.n_threads, self.log = n_ctx, n_threads, log
+        self.extra_buffers = {True: "true", False: "false"}.get(extra_buffers, str(extra_buffers))
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -40,8 +41,9 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout_s: float = 120.0) -> "LlamaServer":
-        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.file), "--host", "127.0.0.1",
-               "--port", str(self.port), "--n_ctx", str(self.n_ctx)]
+        # llama_cpp.server, started through llamacpp_cpu so that a CPU with AMX gets plain weight buffers
+        cmd = [sys.executable, "-m", "harness.lm.llamacpp_cpu", "--extra-buffers", self.extra_buffers,
+               "--model", str(self.file), "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx)]
         if self.n_threads:
             cmd += ["--n_threads", str(self.n_threads)]
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
