@@ -19,8 +19,8 @@ from harness.lm import TRAIN
 from harness.prompts import template_from_config
 from harness.strategy import PrepareContext, Prediction, Strategy
 from harness.task import Example
-from strategies.lora import (ARM_KEYS, MEMORY_ONLY, InstructionPrompts, arm_settings, cache_folder, dev_metric, split_dev,
-                             stop_words, train_cached, training_pairs)
+from strategies.lora import (ARM_KEYS, MEMORY_ONLY, InstructionPrompts, arm_settings, cache_folder, dev_metric,
+                             split_dev, stop_words, train_cached, training_pairs)
 
 # fp32 weights 4 + gradients 4 + AdamW's two moments 8 + the best epoch's copy 4 bytes; activations come on top
 BYTES_PER_PARAMETER = 20

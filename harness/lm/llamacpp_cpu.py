@@ -60,15 +60,14 @@ def plain_weight_buffers(on: bool = True) -> Iterator[None]:
 
 
 def serve(argv: list[str]) -> None:
-    """`python -m harness.lm.llamacpp_cpu [--extra-buffers auto|true|false] <llama_cpp.server arguments>`: llama.cpp's
-    OpenAI-compatible server with the weight buffers chosen as above (harness.lm.server starts it this way)."""
-    setting = "auto"
-    if argv[:1] == ["--extra-buffers"]:
-        setting, argv = {"true": True, "false": False}.get(argv[1], argv[1]), argv[2:]
+    """`python -m harness.lm.llamacpp_cpu [--plain-weight-buffers] <llama_cpp.server arguments>`: llama.cpp's
+    OpenAI-compatible server, its model loaded with plain weight buffers when asked (harness.lm.server decides with
+    `use_extra_buffers` and starts it this way)."""
+    plain = argv[:1] == ["--plain-weight-buffers"]
     from llama_cpp.server.__main__ import main
 
-    sys.argv = ["llama_cpp.server", *argv]
-    with plain_weight_buffers(not use_extra_buffers(setting)):
+    sys.argv = ["llama_cpp.server", *argv[plain:]]
+    with plain_weight_buffers(plain):
         main()
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from harness.lm.llamacpp import gguf_file
+from harness.lm.llamacpp_cpu import use_extra_buffers
 
 
 def free_port() -> int:
@@ -33,7 +34,7 @@ class LlamaServer:
         self.file = gguf_file(model, Path(cache_dir or os.environ.get("HARNESS_CACHE", "~/.cache/harness")).expanduser())
         self.port = port or free_port()
         self.n_ctx, self.n_threads, self.log = n_ctx, n_threads, log
-        self.extra_buffers = {True: "true", False: "false"}.get(extra_buffers, str(extra_buffers))
+        self.extra_buffers = use_extra_buffers(extra_buffers)  # decided here, where a bad setting is one line
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -42,8 +43,9 @@ class LlamaServer:
 
     def start(self, timeout_s: float = 120.0) -> "LlamaServer":
         # llama_cpp.server, started through llamacpp_cpu so that a CPU with AMX gets plain weight buffers
-        cmd = [sys.executable, "-m", "harness.lm.llamacpp_cpu", "--extra-buffers", self.extra_buffers,
-               "--model", str(self.file), "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", str(self.n_ctx)]
+        plain = [] if self.extra_buffers else ["--plain-weight-buffers"]
+        cmd = [sys.executable, "-m", "harness.lm.llamacpp_cpu", *plain, "--model", str(self.file), "--host", "127.0.0.1",
+               "--port", str(self.port), "--n_ctx", str(self.n_ctx)]
         if self.n_threads:
             cmd += ["--n_threads", str(self.n_threads)]
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
